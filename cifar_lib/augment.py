@@ -1,0 +1,90 @@
+"""Augmentation pipelines with albumentations 2.x.
+
+Taught in ``notebooks/01_data_and_augmentation.ipynb``. The reference was written
+for albumentations 1.x; these pipelines reproduce its behaviour with 2.x arguments:
+
+* ``ShiftScaleRotate(shift_limit=0.1, scale_limit=0.1, rotate_limit=15)`` is
+  deprecated in 2.x in favour of ``Affine``. In 1.x it filled the border by
+  reflection (``BORDER_REFLECT_101``) and scaled both axes alike, so the
+  ``Affine`` below does the same.
+* ``CoarseDropout(max_holes=1, max_height=16, max_width=16, fill_value=0)`` is
+  1.x syntax: 2.x warns that the arguments are not valid and falls back to its
+  defaults (1 or 2 holes of 10-20% of the side). One 16x16 hole filled with 0 is
+  ``num_holes_range=(1, 1), hole_height_range=(16, 16), hole_width_range=(16, 16),
+  fill=0`` in 2.x.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import albumentations as A
+import cv2
+from albumentations.pytorch import ToTensorV2
+
+from cifar_lib.data import CIFAR10_MEAN, CIFAR10_STD
+
+
+@dataclass
+class AugmentationConfig:
+    """The training augmentation; the defaults are the reference's."""
+
+    flip_p: float = 0.5
+    shift: float = 0.1  # fraction of the side, each axis
+    scale: float = 0.1  # +- fraction, same for both axes
+    rotate: float = 15.0  # degrees, +-
+    affine_p: float = 0.5
+    hole_size: int = 16  # side of the one square CoarseDropout hole, pixels
+    hole_p: float = 0.3
+
+
+def affine_transform(config: AugmentationConfig) -> A.Affine:
+    """Shift, scale and rotate as the reference's 1.x ``ShiftScaleRotate`` did."""
+    return A.Affine(
+        translate_percent=(-config.shift, config.shift),
+        scale=(1 - config.scale, 1 + config.scale),
+        keep_ratio=True,
+        rotate=(-config.rotate, config.rotate),
+        border_mode=cv2.BORDER_REFLECT_101,
+        p=config.affine_p,
+    )
+
+
+def coarse_dropout_transform(config: AugmentationConfig) -> A.CoarseDropout:
+    """Exactly one ``hole_size`` x ``hole_size`` hole filled with black."""
+    size = config.hole_size
+    return A.CoarseDropout(
+        num_holes_range=(1, 1),
+        hole_height_range=(size, size),
+        hole_width_range=(size, size),
+        fill=0,
+        p=config.hole_p,
+    )
+
+
+def normalize_to_tensor(mean=CIFAR10_MEAN, std=CIFAR10_STD) -> list[A.BasicTransform]:
+    """Scale to [0, 1], subtract the mean, divide by the std, HWC uint8 -> CHW float."""
+    return [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
+
+
+def build_train_transform(
+    config: AugmentationConfig | None = None, seed: int | None = None, normalize=True
+) -> A.Compose:
+    """The training pipeline: flip, shift-scale-rotate, one hole, normalise, tensor.
+
+    ``normalize=False`` keeps uint8 HWC images, for looking at them.
+    """
+    config = config or AugmentationConfig()
+    steps = [
+        A.HorizontalFlip(p=config.flip_p),
+        affine_transform(config),
+        coarse_dropout_transform(config),
+    ]
+    if normalize:
+        steps += normalize_to_tensor()
+    return A.Compose(steps, seed=seed)
+
+
+def build_test_transform() -> A.Compose:
+    """The evaluation pipeline: normalise and convert, nothing random."""
+    return A.Compose(normalize_to_tensor())

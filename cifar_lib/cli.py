@@ -1,0 +1,220 @@
+"""The command line: ``python -m cifar_lib train|summary``.
+
+A user's mistake (a missing dataset, a wrong folder, an option out of range) is
+printed as one sentence on stderr with exit code 2; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cifar_lib.errors import CifarLibError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"{value} is out of range: it must be at least 1"
+        )
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(
+            f"{value} is out of range: give a fraction in (0, 1], e.g. 0.85 for 85%"
+        )
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: it must be above 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cifar_lib.train import RECIPES
+
+    parser = argparse.ArgumentParser(
+        prog="python -m cifar_lib",
+        description="Train and inspect the compact CIFAR-10 CNN of the workbook.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train",
+        help="train a recipe and write its run folder",
+        description="Train a recipe. Everything of the run goes into --out: run.json, "
+        "history.json, checkpoint.pt, best_model.pt, final_model.pt and "
+        "training_curves.png.",
+    )
+    train.add_argument(
+        "--recipe",
+        default="seed",
+        choices=sorted(RECIPES),
+        help="training recipe (default: seed, the reference's)",
+    )
+    train.add_argument(
+        "--data-dir",
+        help="folder with CIFAR-10: an image folder (train/<class>/*, test/<class>/*) "
+        "or torchvision's cifar-10-batches-py, downloaded there if missing "
+        "(default: $CIFAR_LIB_DATA_DIR, else ./data)",
+    )
+    train.add_argument("--epochs", type=_positive_int, help="most epochs to train")
+    train.add_argument("--batch-size", type=_positive_int, help="images per step")
+    train.add_argument(
+        "--lr", type=_positive_float, help="learning rate (peak, for one-cycle)"
+    )
+    train.add_argument(
+        "--target",
+        type=_fraction,
+        help="stop once test accuracy reaches this fraction (default 0.85)",
+    )
+    train.add_argument(
+        "--out",
+        default="runs/latest",
+        help="run folder to write (default: runs/latest); refused if it holds a run",
+    )
+    train.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps",
+    )
+    train.add_argument("--seed", type=int, help="random seed (default 0)")
+    train.add_argument(
+        "--subset", type=_positive_int, help="train on the first N training images only"
+    )
+    train.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="data-loading worker processes (default: 0 on CPU, up to 4 with a GPU)",
+    )
+    train.add_argument(
+        "--resume",
+        metavar="RUN_FOLDER",
+        help="continue the interrupted run in RUN_FOLDER from its last finished epoch",
+    )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run files in --out if it holds a run already",
+    )
+    train.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    summary = commands.add_parser(
+        "summary",
+        help="print the model summary, the constraint report and the receptive field",
+    )
+    summary.add_argument(
+        "--recipe",
+        default="seed",
+        choices=sorted(RECIPES),
+        help="whose model to describe (default: seed)",
+    )
+    return parser
+
+
+def _train(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from cifar_lib.errors import ConfigError
+    from cifar_lib.train import get_recipe, resume, train
+
+    if args.workers is not None and args.workers < 0:
+        raise ConfigError(f"--workers {args.workers} is out of range; use 0 or more.")
+    if args.resume:
+        changed = [
+            f"--{name.replace('_', '-')}"
+            for name in ("epochs", "batch_size", "lr", "target", "seed", "subset")
+            if getattr(args, name) is not None
+        ]
+        if changed:
+            raise ConfigError(
+                f"{', '.join(changed)} cannot change a run being resumed; --resume "
+                "continues with the run's own settings (see its run.json)."
+            )
+        resume(args.resume, device=args.device, progress=not args.no_progress)
+        return
+    overrides = {
+        name: getattr(args, name)
+        for name in ("epochs", "batch_size", "lr", "target", "seed")
+        if getattr(args, name) is not None
+    }
+    recipe = dataclasses.replace(get_recipe(args.recipe), **overrides)
+    train(
+        recipe,
+        out=args.out,
+        data_dir=args.data_dir,
+        subset=args.subset,
+        device=args.device,
+        num_workers=args.workers,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+
+
+def _summary(args: argparse.Namespace) -> None:
+    from torchinfo import summary
+
+    from cifar_lib.constraints import check_constraints
+    from cifar_lib.models import build_model
+    from cifar_lib.receptive_field import (
+        empirical_receptive_field,
+        format_table,
+        receptive_field_table,
+    )
+    from cifar_lib.train import get_recipe
+
+    recipe = get_recipe(args.recipe)
+    model = build_model(recipe.model, dropout=recipe.dropout)
+    print(
+        summary(
+            model,
+            input_size=(1, 3, 32, 32),
+            verbose=0,
+            depth=3,
+            col_names=("output_size", "num_params", "mult_adds"),
+        )
+    )
+    print("\nConstraints of the assignment:")
+    print(check_constraints(model))
+    table = receptive_field_table(model)
+    print("\nReceptive field, layer by layer (k kernel, s stride, d dilation, j jump):")
+    print(format_table(table))
+    print(
+        f"\nReceptive field of the last feature map: {table[-1].receptive_field} "
+        "pixels (analytic); measured from input gradients: "
+        f"{empirical_receptive_field(model)}."
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        {"train": _train, "summary": _summary}[args.command](args)
+    except CifarLibError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "\nInterrupted. Every finished epoch is saved; continue with "
+            "'python -m cifar_lib train --resume RUN_FOLDER'.",
+            file=sys.stderr,
+        )
+        return 130
+    return 0

@@ -1,0 +1,148 @@
+"""Figures from arrays and histories. Each function returns a matplotlib Figure,
+built without pyplot so that nothing is kept open; notebooks display it, the
+command line saves it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from cifar_lib.data import CIFAR10_CLASSES
+
+
+def training_curves(history: list[dict], target: float | None = None) -> Figure:
+    """Loss, accuracy (with the target line) and learning rate against epochs."""
+    epochs = [row["epoch"] for row in history]
+    figure = Figure(figsize=(13, 3.6), layout="constrained")
+    loss, accuracy, lr = figure.subplots(1, 3)
+    loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    loss.plot(epochs, [r["test_loss"] for r in history], "o-", label="test")
+    loss.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
+    loss.legend()
+    accuracy.plot(
+        epochs, [100 * r["train_accuracy"] for r in history], "o-", label="train"
+    )
+    accuracy.plot(
+        epochs, [100 * r["test_accuracy"] for r in history], "o-", label="test"
+    )
+    if target is not None:
+        accuracy.axhline(
+            100 * target, color="grey", ls="--", label=f"target {target:.0%}"
+        )
+    accuracy.set(title="Accuracy", xlabel="epoch", ylabel="%")
+    accuracy.legend()
+    lr.plot(epochs, [r["lr"] for r in history], "o-", color="tab:green")
+    lr.set(title="Learning rate (end of epoch)", xlabel="epoch", yscale="log")
+    return figure
+
+
+def image_grid(
+    images: np.ndarray,
+    titles: list[str] | None = None,
+    columns: int = 10,
+    size: float = 1.2,
+) -> Figure:
+    """uint8 HWC images in a grid, each with an optional title."""
+    rows = int(np.ceil(len(images) / columns))
+    figure = Figure(figsize=(columns * size, rows * size * 1.15), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
+    for index, axis in enumerate(axes):
+        axis.axis("off")
+        if index < len(images):
+            axis.imshow(images[index], interpolation="nearest")
+            if titles:
+                axis.set_title(titles[index], fontsize=7)
+    return figure
+
+
+def examples_per_class(
+    images: np.ndarray, labels: np.ndarray, per_class: int = 8, seed: int = 0
+) -> Figure:
+    """One row per class, ``per_class`` random examples in each."""
+    rng = np.random.default_rng(seed)
+    figure = Figure(figsize=(per_class * 1.0 + 1.2, 10 * 1.0), layout="constrained")
+    axes = figure.subplots(10, per_class)
+    for label, name in enumerate(CIFAR10_CLASSES):
+        chosen = rng.choice(np.flatnonzero(labels == label), per_class, replace=False)
+        for column, index in enumerate(chosen):
+            axis = axes[label, column]
+            axis.imshow(images[index], interpolation="nearest")
+            axis.set_xticks([])
+            axis.set_yticks([])
+        axes[label, 0].set_ylabel(name, rotation=0, ha="right", va="center")
+    return figure
+
+
+def before_after(
+    originals: np.ndarray, augmented: list[np.ndarray], names: list[str]
+) -> Figure:
+    """Row 0 the originals, then one row per augmentation (``augmented[i]`` holds
+    the images after augmentation ``names[i]``)."""
+    rows = 1 + len(augmented)
+    columns = len(originals)
+    figure = Figure(figsize=(columns * 1.1 + 1.6, rows * 1.15), layout="constrained")
+    axes = np.array(figure.subplots(rows, columns)).reshape(rows, columns)
+    for row, (name, images) in enumerate(
+        zip(["original"] + names, [originals] + augmented, strict=True)
+    ):
+        for column in range(columns):
+            axis = axes[row, column]
+            axis.imshow(images[column], interpolation="nearest")
+            axis.set_xticks([])
+            axis.set_yticks([])
+        axes[row, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    return figure
+
+
+def confusion_matrix_figure(matrix: np.ndarray, classes=CIFAR10_CLASSES) -> Figure:
+    """Rows are true classes, columns predictions; each row shown as percentages."""
+    shares = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    figure = Figure(figsize=(7.5, 6.5), layout="constrained")
+    axis = figure.subplots()
+    image = axis.imshow(shares * 100, cmap="Blues", vmin=0, vmax=100)
+    axis.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    axis.set_yticks(range(len(classes)), classes)
+    axis.set(
+        xlabel="predicted", ylabel="true", title="Confusion matrix (% of true class)"
+    )
+    for row in range(len(classes)):
+        for column in range(len(classes)):
+            value = shares[row, column] * 100
+            axis.text(
+                column,
+                row,
+                f"{value:.0f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if value > 50 else "black",
+            )
+    figure.colorbar(image, ax=axis, shrink=0.8)
+    return figure
+
+
+def bar_chart(names: list[str], values: list[float], title: str, ylabel: str) -> Figure:
+    """A labelled bar chart (parameters per block, for instance)."""
+    figure = Figure(figsize=(8, 3.5), layout="constrained")
+    axis = figure.subplots()
+    bars = axis.bar(names, values, color="tab:blue")
+    axis.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=8)
+    axis.set(title=title, ylabel=ylabel)
+    axis.tick_params(axis="x", rotation=30)
+    return figure
+
+
+def heatmap(values: np.ndarray, title: str, image: np.ndarray | None = None) -> Figure:
+    """A 2-D array as a heat map, optionally laid over an image."""
+    figure = Figure(figsize=(4.5, 4.5), layout="constrained")
+    axis = figure.subplots()
+    if image is not None:
+        axis.imshow(image, interpolation="nearest")
+        axis.imshow(values, cmap="magma", alpha=0.6, interpolation="nearest")
+    else:
+        axis.imshow(values, cmap="magma", interpolation="nearest")
+    axis.set_title(title)
+    axis.set_xticks([])
+    axis.set_yticks([])
+    return figure

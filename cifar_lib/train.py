@@ -1,0 +1,616 @@
+"""Training: the recipe, the loop, checkpoints, history and resuming.
+
+Taught in ``notebooks/05_training.ipynb``. A run lives in one folder:
+
+    run.json             the recipe and the data it was trained on (to repeat it)
+    history.json         one row per finished epoch, rewritten after each epoch
+    checkpoint.pt        everything needed to continue after the last finished epoch
+    best_model.pt        weights of the epoch with the best test accuracy so far
+    final_model.pt       weights at the end of the run
+    training_curves.png  loss, accuracy and learning rate per epoch
+
+Every file is written atomically, so a run killed at any moment loses at most the
+epoch in progress, and ``resume(run_dir)`` continues it. Each epoch's data order,
+augmentations and dropout masks are drawn from generators seeded with
+(seed, epoch), so on the CPU a resumed run ends with exactly the weights of an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from cifar_lib import checkpoints
+from cifar_lib.augment import AugmentationConfig
+from cifar_lib.data import CIFAR10Arrays, get_data_loaders, load_cifar10, set_epoch
+from cifar_lib.errors import ConfigError, RunFolderError, TrainingDivergedError
+from cifar_lib.files import atomic_save_figure, atomic_write_json
+from cifar_lib.models import MODELS, build_model
+
+RUN_FILES = (
+    "run.json",
+    "history.json",
+    "checkpoint.pt",
+    "best_model.pt",
+    "final_model.pt",
+    "training_curves.png",
+)
+
+
+@dataclass
+class Recipe:
+    """Everything that decides how a model is trained. The defaults are the
+    reference's: Adam, ReduceLROnPlateau on test accuracy, up to 50 epochs,
+    stop once test accuracy reaches 85%."""
+
+    name: str = "seed"
+    model: str = "CIFAR10Netv2"
+    dropout: float = 0.1
+    optimizer: str = "adam"  # "adam" or "sgd"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = True  # sgd only
+    schedule: str = "plateau"  # "plateau" (on test accuracy) or "onecycle"
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    min_lr: float = 1e-6
+    epochs: int = 50
+    batch_size: int = 128
+    target: float = 0.85  # stop once test accuracy reaches it
+    label_smoothing: float = 0.0
+    seed: int = 0
+    channels_last: bool = True
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+
+    def validate(self) -> Recipe:
+        """Refuse values that cannot train, with a sentence saying which."""
+        problems = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0 and math.isfinite(self.lr),
+            "target": 0 < self.target <= 1,
+            "dropout": 0 <= self.dropout < 1,
+            "weight_decay": self.weight_decay >= 0,
+            "label_smoothing": 0 <= self.label_smoothing < 1,
+        }
+        limits = {
+            "epochs": "at least 1",
+            "batch_size": "at least 1",
+            "lr": "a positive number",
+            "target": "in (0, 1], e.g. 0.85 for 85%",
+            "dropout": "in [0, 1)",
+            "weight_decay": "0 or more",
+            "label_smoothing": "in [0, 1)",
+        }
+        for name, ok in problems.items():
+            if not ok:
+                raise ConfigError(
+                    f"{name} = {getattr(self, name)!r} is out of range; it must be "
+                    f"{limits[name]}."
+                )
+        if self.model not in MODELS:
+            raise ConfigError(
+                f"unknown model {self.model!r}; choose one of {list(MODELS)}."
+            )
+        if self.optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; use adam or sgd.")
+        if self.schedule not in ("plateau", "onecycle"):
+            raise ConfigError(
+                f"unknown schedule {self.schedule!r}; use plateau or onecycle."
+            )
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Recipe:
+        values = dict(values)
+        values["augmentation"] = AugmentationConfig(**values.get("augmentation", {}))
+        return cls(**values)
+
+    def describe(self) -> str:
+        """The recipe as 'name = value' lines, printed at the start of a run."""
+        lines = [f"Recipe {self.name!r}:"]
+        for key, value in self.to_dict().items():
+            if key != "augmentation":
+                lines.append(f"  {key:<16} = {value}")
+        augmentation = ", ".join(
+            f"{k}={v}" for k, v in asdict(self.augmentation).items()
+        )
+        lines.append(f"  {'augmentation':<16} = {augmentation}")
+        return "\n".join(lines)
+
+
+RECIPES = {"seed": Recipe()}
+
+
+def get_recipe(name: str, **overrides) -> Recipe:
+    """A named recipe with some fields changed (``epochs=1``, say)."""
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; choose one of {list(RECIPES)}.")
+    return dataclasses.replace(RECIPES[name], **overrides).validate()
+
+
+# --- devices and seeds -------------------------------------------------------------
+
+
+def select_device(name: str | None = None) -> torch.device:
+    """'auto' (or None) picks CUDA, then Apple's MPS, then the CPU; other names are
+    checked so that a typo or a missing GPU is reported, not silently ignored."""
+    if name in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps."
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device {name!r} was asked for but this machine has no usable CUDA "
+                "GPU; use --device cpu (or auto)."
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {name!r} does not exist: this machine has "
+                f"{torch.cuda.device_count()} CUDA GPU(s)."
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' needs an Apple-silicon Mac; use --device cpu.")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unsupported device {name!r}; use auto, cpu, cuda or mps.")
+    return device
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --- one epoch ---------------------------------------------------------------------
+
+
+def _to_device(images, labels, device, channels_last):
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(device, non_blocking=True)
+
+
+def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int) -> None:
+    if not torch.isfinite(loss_sum):
+        raise TrainingDivergedError(
+            f"the training loss became {loss_sum.item()} in epoch {epoch} (step "
+            f"{step}); stopped, keeping the last good checkpoint; try a lower "
+            "learning rate (--lr) or a smaller batch."
+        )
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    device: torch.device,
+    scheduler=None,
+    epoch: int = 1,
+    channels_last: bool = False,
+    progress: bool = True,
+    refresh_every: int = 20,
+) -> tuple[float, float]:
+    """One pass over the training set; returns (mean loss, accuracy).
+
+    Losses and correct counts are summed on the device; the progress bar reads
+    them (a synchronisation) only every ``refresh_every`` steps. ``scheduler`` is
+    stepped after every batch (for per-step schedules such as one-cycle).
+    """
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not progress)
+    for step, (images, labels) in enumerate(bar, 1):
+        images, labels = _to_device(images, labels, device, channels_last)
+        logits = model(images)
+        loss = criterion(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        loss_sum += loss.detach() * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
+        seen += len(labels)
+        if step % refresh_every == 0:
+            _check_finite(loss_sum, epoch, step)
+            bar.set_postfix(
+                loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}"
+            )
+    _check_finite(loss_sum, epoch, step)
+    return loss_sum.item() / seen, correct.item() / seen
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    loader,
+    device: torch.device,
+    criterion: nn.Module | None = None,
+    channels_last: bool = False,
+    progress: bool = False,
+    flip: bool = False,
+) -> tuple[float, float]:
+    """Mean loss and accuracy over ``loader``; ``flip=True`` averages the logits of
+    each image and its mirror image (horizontal-flip test-time augmentation)."""
+    model.eval()
+    criterion = criterion or nn.CrossEntropyLoss()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for images, labels in tqdm(
+        loader, desc="evaluate", leave=False, disable=not progress
+    ):
+        images, labels = _to_device(images, labels, device, channels_last)
+        logits = model(images)
+        if flip:
+            logits = (logits + model(images.flip(3))) / 2
+        loss_sum += criterion(logits, labels) * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
+        seen += len(labels)
+    return loss_sum.item() / seen, correct.item() / seen
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module, loader, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
+    """(true labels, predicted labels) over ``loader``, in the loader's order."""
+    model.eval()
+    truths, predictions = [], []
+    for images, labels in loader:
+        predictions.append(model(images.to(device)).argmax(1).cpu())
+        truths.append(labels)
+    return torch.cat(truths).numpy(), torch.cat(predictions).numpy()
+
+
+def confusion_matrix(truths: np.ndarray, predictions: np.ndarray, classes: int = 10):
+    """counts[i, j] = images of class i predicted as class j."""
+    flat = truths.astype(np.int64) * classes + predictions.astype(np.int64)
+    return np.bincount(flat, minlength=classes * classes).reshape(classes, classes)
+
+
+# --- optimiser and schedule --------------------------------------------------------
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(
+            model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
+        )
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        nesterov=recipe.nesterov,
+        weight_decay=recipe.weight_decay,
+    )
+
+
+def make_scheduler(optimizer, recipe: Recipe, steps_per_epoch: int):
+    """Returns (scheduler, steps per batch?)."""
+    if recipe.schedule == "plateau":
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            mode="max",
+            factor=recipe.plateau_factor,
+            patience=recipe.plateau_patience,
+            min_lr=recipe.min_lr,
+        )
+        return scheduler, False
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=recipe.lr,
+        epochs=recipe.epochs,
+        steps_per_epoch=steps_per_epoch,
+    )
+    return scheduler, True
+
+
+# --- the run -----------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    history: list[dict]
+    best_accuracy: float
+    stop_reason: str
+    model: nn.Module
+
+
+def _prepare_run_folder(run_dir: Path, overwrite: bool) -> None:
+    """Refuse to mix two runs in one folder; with ``overwrite``, remove only the
+    files a run writes (never anything else the folder holds)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"'{run_dir}' is a file; choose a folder for --out.")
+    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if existing and not overwrite:
+        raise RunFolderError(
+            f"'{run_dir}' already holds a run ({', '.join(existing)}); choose another "
+            "--out, continue it with --resume, or replace it with --overwrite."
+        )
+    for name in existing:
+        (run_dir / name).unlink()
+
+
+def train(
+    recipe: Recipe | str = "seed",
+    out: str | os.PathLike = "runs/latest",
+    data_dir: str | os.PathLike | None = None,
+    subset: int | None = None,
+    device: str | None = None,
+    num_workers: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    arrays: CIFAR10Arrays | None = None,
+    log=print,
+) -> RunResult:
+    """Train a recipe from scratch into the run folder ``out``.
+
+    ``subset`` trains on the first N training images; ``arrays`` trains on data
+    already in memory (the synthetic set of the tests) instead of ``data_dir``.
+    Every check happens before the folder is created, so a mistake leaves nothing.
+    """
+    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe.validate()
+    if subset is not None and subset < 1:
+        raise ConfigError(f"subset = {subset} is out of range; it must be at least 1.")
+    torch_device = select_device(device)
+    run_dir = Path(out)
+    _prepare_run_folder(run_dir, overwrite)
+    if arrays is None:
+        arrays = load_cifar10(data_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        run_dir / "run.json",
+        {
+            "recipe": recipe.to_dict(),
+            "data": {
+                "source": arrays.source,
+                "location": arrays.location,
+                "subset": subset,
+                "num_workers": num_workers,
+            },
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        },
+    )
+    return _fit(
+        recipe, run_dir, arrays, subset, torch_device, num_workers, progress, log
+    )
+
+
+def resume(
+    run_dir: str | os.PathLike,
+    device: str | None = None,
+    progress: bool = True,
+    arrays: CIFAR10Arrays | None = None,
+    log=print,
+) -> RunResult:
+    """Continue the run in ``run_dir`` from its last finished epoch."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "run.json").is_file():
+        raise RunFolderError(
+            f"'{run_dir}' holds no run to resume (no run.json); give the --out folder "
+            "of an earlier run."
+        )
+    settings = json.loads((run_dir / "run.json").read_text())
+    recipe = Recipe.from_dict(settings["recipe"]).validate()
+    data = settings["data"]
+    torch_device = select_device(device)
+    if arrays is None:
+        if data["source"] == "synthetic":
+            raise RunFolderError(
+                f"'{run_dir}' was trained on in-memory data; pass the same arrays."
+            )
+        arrays = load_cifar10(data["location"])
+    return _fit(
+        recipe,
+        run_dir,
+        arrays,
+        data["subset"],
+        torch_device,
+        data["num_workers"],
+        progress,
+        log,
+    )
+
+
+def _fit(
+    recipe, run_dir, arrays, subset, device, num_workers, progress, log
+) -> RunResult:
+    train_loader, test_loader = get_data_loaders(
+        batch_size=recipe.batch_size,
+        num_workers=num_workers,
+        subset=subset,
+        seed=recipe.seed,
+        augmentation=recipe.augmentation,
+        arrays=arrays,
+    )
+    set_seed(recipe.seed)
+    model = build_model(recipe.model, dropout=recipe.dropout).to(device)
+    channels_last = recipe.channels_last
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, recipe)
+    scheduler, per_step = make_scheduler(optimizer, recipe, len(train_loader))
+    criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+
+    history: list[dict] = []
+    best_accuracy = 0.0
+    start_epoch = 1
+    state_path = run_dir / "checkpoint.pt"
+    if state_path.exists():
+        state = checkpoints.load(state_path, checkpoints.TRAINING_STATE)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        checkpoints.restore_random_states(state["random_states"])
+        history = list(state["history"])
+        best_accuracy = float(state["best_accuracy"])
+        start_epoch = int(state["epoch"]) + 1
+        if state["finished"]:
+            log(f"The run in {run_dir} had already finished ({state['stop_reason']}).")
+            return RunResult(
+                run_dir, history, best_accuracy, state["stop_reason"], model
+            )
+        log(f"Resuming {run_dir} after epoch {start_epoch - 1}.")
+    else:
+        log(recipe.describe())
+        log(
+            f"Data: {arrays.source} ({arrays.location}), {len(train_loader.dataset):,} "
+            f"training and {len(test_loader.dataset):,} test images; device: {device}."
+        )
+
+    stop_reason = f"trained all {recipe.epochs} epochs"
+    for epoch in range(start_epoch, recipe.epochs + 1):
+        started = time.perf_counter()
+        set_epoch(train_loader, recipe.seed, epoch)
+        torch.manual_seed(recipe.seed * 100_003 + epoch)  # dropout masks
+        train_loss, train_accuracy = train_one_epoch(
+            model,
+            train_loader,
+            optimizer,
+            criterion,
+            device,
+            scheduler=scheduler if per_step else None,
+            epoch=epoch,
+            channels_last=channels_last,
+            progress=progress,
+        )
+        train_seconds = time.perf_counter() - started
+        test_loss, test_accuracy = evaluate(
+            model, test_loader, device, criterion, channels_last=channels_last
+        )
+        if not per_step:
+            scheduler.step(test_accuracy)
+        seconds = time.perf_counter() - started
+        row = {
+            "epoch": epoch,
+            "train_loss": round(train_loss, 5),
+            "train_accuracy": round(train_accuracy, 5),
+            "test_loss": round(test_loss, 5),
+            "test_accuracy": round(test_accuracy, 5),
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(seconds, 2),
+            "train_seconds": round(train_seconds, 2),
+        }
+        history.append(row)
+        log(
+            f"epoch {epoch:>3}/{recipe.epochs}  train loss {train_loss:.4f} acc "
+            f"{train_accuracy:.2%}  test loss {test_loss:.4f} acc {test_accuracy:.2%}  "
+            f"lr {row['lr']:.2e}  {seconds:.1f}s"
+        )
+        improved = test_accuracy > best_accuracy
+        if improved:
+            best_accuracy = test_accuracy
+        finished = test_accuracy >= recipe.target or epoch == recipe.epochs
+        if test_accuracy >= recipe.target:
+            stop_reason = f"reached the target {recipe.target:.0%} at epoch {epoch}"
+        _save_epoch(
+            run_dir,
+            recipe,
+            model,
+            optimizer,
+            scheduler,
+            history,
+            best_accuracy,
+            improved,
+            finished,
+            stop_reason,
+        )
+        if finished:
+            break
+    log(
+        f"Done: {stop_reason}; best test accuracy {best_accuracy:.2%}; "
+        f"files in {run_dir}."
+    )
+    return RunResult(run_dir, history, best_accuracy, stop_reason, model)
+
+
+def _save_epoch(
+    run_dir,
+    recipe,
+    model,
+    optimizer,
+    scheduler,
+    history,
+    best_accuracy,
+    improved,
+    finished,
+    stop_reason,
+) -> None:
+    """Write this epoch's files. The order matters for a kill in between: weights
+    and history first, the resumable state last, so the state never points past
+    files that do not exist yet."""
+    from cifar_lib.plots import training_curves  # matplotlib only when saving
+
+    epoch = history[-1]["epoch"]
+    weights = {
+        "recipe": recipe.to_dict(),
+        "epoch": epoch,
+        "test_accuracy": history[-1]["test_accuracy"],
+        "model": model.state_dict(),
+    }
+    if improved:
+        checkpoints.save(run_dir / "best_model.pt", checkpoints.WEIGHTS, **weights)
+    if finished:
+        checkpoints.save(run_dir / "final_model.pt", checkpoints.WEIGHTS, **weights)
+    atomic_write_json(run_dir / "history.json", history)
+    atomic_save_figure(
+        run_dir / "training_curves.png", training_curves(history, recipe.target)
+    )
+    checkpoints.save(
+        run_dir / "checkpoint.pt",
+        checkpoints.TRAINING_STATE,
+        recipe=recipe.to_dict(),
+        epoch=epoch,
+        best_accuracy=best_accuracy,
+        history=history,
+        model=model.state_dict(),
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        random_states=checkpoints.random_states(),
+        finished=finished,
+        stop_reason=stop_reason,
+    )
+
+
+def load_trained_model(
+    path: str | os.PathLike, device: str | None = "cpu"
+) -> nn.Module:
+    """Build the model a weights file was trained with and load the weights."""
+    payload = checkpoints.load(path)
+    recipe = Recipe.from_dict(payload["recipe"])
+    model = build_model(recipe.model, dropout=recipe.dropout)
+    checkpoints.load_weights(model, path)
+    return model.to(select_device(device)).eval()
