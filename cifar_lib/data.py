@@ -153,15 +153,15 @@ def _corrupted(root: Path, error: Exception) -> DatasetError:
 
 def _list_image_folder(root: Path) -> dict[str, list[tuple[Path, int]]]:
     """Check the layout and list (file, label) per split, in a stable order."""
-    splits = {}
-    for split in ("train", "test"):
-        folder = root / split
-        if not folder.is_dir():
-            other = "test" if split == "train" else "train"
+    for split, other in (("train", "test"), ("test", "train")):
+        if not (root / split).is_dir():
             raise DatasetError(
                 f"'{root}' has no {split}/ folder beside {other}/; an image folder "
                 f"needs both, as train/<class>/*.png and test/<class>/*.png."
             )
+    splits = {}
+    for split in ("train", "test"):
+        folder = root / split
         found = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
         unknown = [name for name in found if name not in CIFAR10_CLASSES]
         missing = [name for name in CIFAR10_CLASSES if name not in found]

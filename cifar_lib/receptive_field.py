@@ -97,7 +97,9 @@ def _is_global_pool(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
-    """The model's forward pass as a graph of calls, in execution order."""
+    """The model's forward pass as a graph of module calls, in execution order."""
+    if next(model.children(), None) is None:
+        model = nn.Sequential(model)  # a bare layer: trace it as a call, not its code
     return fx.symbolic_trace(model)
 
 
@@ -142,7 +144,21 @@ def receptive_field_table(model: nn.Module) -> list[LayerReceptiveField]:
         elif len(inputs) == 1:
             geometry[node] = geometry[inputs[0]]  # pointwise: BN, ReLU, dropout, ...
         else:
-            geometry[node] = _join(node, [geometry[arg] for arg in inputs])
+            parts = [geometry[arg] for arg in inputs]
+            geometry[node] = _join(node, parts)
+            rows.append(
+                LayerReceptiveField(
+                    name=node.name,
+                    kind="join",  # x + f(x), torch.cat, ...: branches meet
+                    kernel=1,
+                    stride=1,
+                    dilation=1,
+                    padding=0,
+                    jump_in=int(parts[0].jump),
+                    jump_out=int(parts[0].jump),
+                    receptive_field=int(geometry[node].rf),
+                )
+            )
     return rows
 
 

@@ -201,9 +201,7 @@ def _to_device(images, labels, device, channels_last):
 def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int) -> None:
     if not torch.isfinite(loss_sum):
         raise TrainingDivergedError(
-            f"the training loss became {loss_sum.item()} in epoch {epoch} (step "
-            f"{step}); stopped, keeping the last good checkpoint; try a lower "
-            "learning rate (--lr) or a smaller batch."
+            f"the training loss became {loss_sum.item()} in epoch {epoch} (step {step})"
         )
 
 
@@ -445,6 +443,24 @@ def resume(
     )
 
 
+@dataclass
+class _Run:
+    """What one training run holds while it trains."""
+
+    recipe: Recipe
+    run_dir: Path
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    per_step: bool  # scheduler steps after each batch (one-cycle)
+    train_loader: object
+    test_loader: object
+    device: torch.device
+    progress: bool
+    history: list[dict] = field(default_factory=list)
+    best_accuracy: float = 0.0
+
+
 def _fit(
     recipe, run_dir, arrays, subset, device, num_workers, progress, log
 ) -> RunResult:
@@ -458,15 +474,22 @@ def _fit(
     )
     set_seed(recipe.seed)
     model = build_model(recipe.model, dropout=recipe.dropout).to(device)
-    channels_last = recipe.channels_last
-    if channels_last:
+    if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, recipe)
     scheduler, per_step = make_scheduler(optimizer, recipe, len(train_loader))
-    criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-
-    history: list[dict] = []
-    best_accuracy = 0.0
+    run = _Run(
+        recipe,
+        run_dir,
+        model,
+        optimizer,
+        scheduler,
+        per_step,
+        train_loader,
+        test_loader,
+        device,
+        progress,
+    )
     start_epoch = 1
     state_path = run_dir / "checkpoint.pt"
     if state_path.exists():
@@ -475,13 +498,13 @@ def _fit(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         checkpoints.restore_random_states(state["random_states"])
-        history = list(state["history"])
-        best_accuracy = float(state["best_accuracy"])
+        run.history = list(state["history"])
+        run.best_accuracy = float(state["best_accuracy"])
         start_epoch = int(state["epoch"]) + 1
         if state["finished"]:
             log(f"The run in {run_dir} had already finished ({state['stop_reason']}).")
             return RunResult(
-                run_dir, history, best_accuracy, state["stop_reason"], model
+                run_dir, run.history, run.best_accuracy, state["stop_reason"], model
             )
         log(f"Resuming {run_dir} after epoch {start_epoch - 1}.")
     else:
@@ -493,115 +516,103 @@ def _fit(
 
     stop_reason = f"trained all {recipe.epochs} epochs"
     for epoch in range(start_epoch, recipe.epochs + 1):
-        started = time.perf_counter()
-        set_epoch(train_loader, recipe.seed, epoch)
-        torch.manual_seed(recipe.seed * 100_003 + epoch)  # dropout masks
-        train_loss, train_accuracy = train_one_epoch(
-            model,
-            train_loader,
-            optimizer,
-            criterion,
-            device,
-            scheduler=scheduler if per_step else None,
-            epoch=epoch,
-            channels_last=channels_last,
-            progress=progress,
-        )
-        train_seconds = time.perf_counter() - started
-        test_loss, test_accuracy = evaluate(
-            model, test_loader, device, criterion, channels_last=channels_last
-        )
-        if not per_step:
-            scheduler.step(test_accuracy)
-        seconds = time.perf_counter() - started
-        row = {
-            "epoch": epoch,
-            "train_loss": round(train_loss, 5),
-            "train_accuracy": round(train_accuracy, 5),
-            "test_loss": round(test_loss, 5),
-            "test_accuracy": round(test_accuracy, 5),
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": round(seconds, 2),
-            "train_seconds": round(train_seconds, 2),
-        }
-        history.append(row)
+        try:
+            row = _train_and_evaluate(run, epoch)
+        except TrainingDivergedError as error:
+            raise TrainingDivergedError(
+                f"{error}; stopped with the files of epoch {epoch - 1} kept in "
+                f"'{run_dir}'; try a lower learning rate (--lr) or a smaller batch."
+            ) from None
         log(
-            f"epoch {epoch:>3}/{recipe.epochs}  train loss {train_loss:.4f} acc "
-            f"{train_accuracy:.2%}  test loss {test_loss:.4f} acc {test_accuracy:.2%}  "
-            f"lr {row['lr']:.2e}  {seconds:.1f}s"
+            f"epoch {epoch:>3}/{recipe.epochs}  train loss {row['train_loss']:.4f} "
+            f"acc {row['train_accuracy']:.2%}  test loss {row['test_loss']:.4f} "
+            f"acc {row['test_accuracy']:.2%}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
         )
-        improved = test_accuracy > best_accuracy
-        if improved:
-            best_accuracy = test_accuracy
-        finished = test_accuracy >= recipe.target or epoch == recipe.epochs
-        if test_accuracy >= recipe.target:
+        reached = row["test_accuracy"] >= recipe.target
+        if reached:
             stop_reason = f"reached the target {recipe.target:.0%} at epoch {epoch}"
-        _save_epoch(
-            run_dir,
-            recipe,
-            model,
-            optimizer,
-            scheduler,
-            history,
-            best_accuracy,
-            improved,
-            finished,
-            stop_reason,
-        )
-        if finished:
+        _save_epoch(run, finished=reached or epoch == recipe.epochs, reason=stop_reason)
+        if reached:
             break
     log(
-        f"Done: {stop_reason}; best test accuracy {best_accuracy:.2%}; "
+        f"Done: {stop_reason}; best test accuracy {run.best_accuracy:.2%}; "
         f"files in {run_dir}."
     )
-    return RunResult(run_dir, history, best_accuracy, stop_reason, model)
+    return RunResult(run_dir, run.history, run.best_accuracy, stop_reason, model)
 
 
-def _save_epoch(
-    run_dir,
-    recipe,
-    model,
-    optimizer,
-    scheduler,
-    history,
-    best_accuracy,
-    improved,
-    finished,
-    stop_reason,
-) -> None:
+def _train_and_evaluate(run: _Run, epoch: int) -> dict:
+    """Train one epoch, evaluate, step the schedule; returns the history row."""
+    recipe = run.recipe
+    started = time.perf_counter()
+    set_epoch(run.train_loader, recipe.seed, epoch)
+    torch.manual_seed(recipe.seed * 100_003 + epoch)  # this epoch's dropout masks
+    criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    train_loss, train_accuracy = train_one_epoch(
+        run.model,
+        run.train_loader,
+        run.optimizer,
+        criterion,
+        run.device,
+        scheduler=run.scheduler if run.per_step else None,
+        epoch=epoch,
+        channels_last=recipe.channels_last,
+        progress=run.progress,
+    )
+    train_seconds = time.perf_counter() - started
+    test_loss, test_accuracy = evaluate(
+        run.model, run.test_loader, run.device, channels_last=recipe.channels_last
+    )
+    if not run.per_step:
+        run.scheduler.step(test_accuracy)
+    row = {
+        "epoch": epoch,
+        "train_loss": round(train_loss, 5),
+        "train_accuracy": round(train_accuracy, 5),
+        "test_loss": round(test_loss, 5),
+        "test_accuracy": round(test_accuracy, 5),
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "seconds": round(time.perf_counter() - started, 2),
+        "train_seconds": round(train_seconds, 2),
+    }
+    run.history.append(row)
+    return row
+
+
+def _save_epoch(run: _Run, finished: bool, reason: str) -> None:
     """Write this epoch's files. The order matters for a kill in between: weights
     and history first, the resumable state last, so the state never points past
     files that do not exist yet."""
     from cifar_lib.plots import training_curves  # matplotlib only when saving
 
-    epoch = history[-1]["epoch"]
+    last = run.history[-1]
     weights = {
-        "recipe": recipe.to_dict(),
-        "epoch": epoch,
-        "test_accuracy": history[-1]["test_accuracy"],
-        "model": model.state_dict(),
+        "recipe": run.recipe.to_dict(),
+        "epoch": last["epoch"],
+        "test_accuracy": last["test_accuracy"],
+        "model": run.model.state_dict(),
     }
-    if improved:
-        checkpoints.save(run_dir / "best_model.pt", checkpoints.WEIGHTS, **weights)
+    if last["test_accuracy"] > run.best_accuracy:
+        run.best_accuracy = last["test_accuracy"]
+        checkpoints.save(run.run_dir / "best_model.pt", checkpoints.WEIGHTS, **weights)
     if finished:
-        checkpoints.save(run_dir / "final_model.pt", checkpoints.WEIGHTS, **weights)
-    atomic_write_json(run_dir / "history.json", history)
-    atomic_save_figure(
-        run_dir / "training_curves.png", training_curves(history, recipe.target)
-    )
+        checkpoints.save(run.run_dir / "final_model.pt", checkpoints.WEIGHTS, **weights)
+    atomic_write_json(run.run_dir / "history.json", run.history)
+    curves = training_curves(run.history, run.recipe.target)
+    atomic_save_figure(run.run_dir / "training_curves.png", curves)
     checkpoints.save(
-        run_dir / "checkpoint.pt",
+        run.run_dir / "checkpoint.pt",
         checkpoints.TRAINING_STATE,
-        recipe=recipe.to_dict(),
-        epoch=epoch,
-        best_accuracy=best_accuracy,
-        history=history,
-        model=model.state_dict(),
-        optimizer=optimizer.state_dict(),
-        scheduler=scheduler.state_dict(),
+        recipe=run.recipe.to_dict(),
+        epoch=last["epoch"],
+        best_accuracy=run.best_accuracy,
+        history=run.history,
+        model=run.model.state_dict(),
+        optimizer=run.optimizer.state_dict(),
+        scheduler=run.scheduler.state_dict(),
         random_states=checkpoints.random_states(),
         finished=finished,
-        stop_reason=stop_reason,
+        stop_reason=reason,
     )
 
 

@@ -1,0 +1,49 @@
+"""Shared fixtures: small synthetic data, on disk and in memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cifar_lib.data import make_synthetic_cifar, save_image_folder
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Keep decoded-image caches out of the user's home folder."""
+    monkeypatch.setenv(
+        "CIFAR_LIB_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache")
+    )
+    monkeypatch.delenv("CIFAR_LIB_DATA_DIR", raising=False)
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    return make_synthetic_cifar(train_per_class=30, test_per_class=10, seed=0)
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory, synthetic) -> str:
+    """A small CIFAR-10 copy in the image-folder layout (PNG files)."""
+    root = tmp_path_factory.mktemp("cifar_folder")
+    save_image_folder(root, synthetic.train_images, synthetic.train_labels, "train")
+    save_image_folder(root, synthetic.test_images, synthetic.test_labels, "test")
+    return str(root)
+
+
+def copy_folder(source, destination):
+    import shutil
+
+    shutil.copytree(source, destination)
+    return destination
+
+
+@pytest.fixture
+def writable_folder(tmp_path, image_folder):
+    """A copy of the image folder that a test may break."""
+    return copy_folder(image_folder, tmp_path / "data")
+
+
+def assert_same_arrays(a: np.ndarray, b: np.ndarray) -> None:
+    assert a.shape == b.shape and a.dtype == b.dtype
+    assert np.array_equal(a, b)

@@ -1,0 +1,193 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cifar_lib import checkpoints
+from cifar_lib.cli import main
+
+
+def run_cli(*args, **kwargs):
+    return subprocess.run(
+        [sys.executable, "-m", "cifar_lib", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kwargs,
+    )
+
+
+def test_train_end_to_end_on_a_tiny_subset(tmp_path, image_folder):
+    out = tmp_path / "try"
+    done = run_cli(
+        "train",
+        "--data-dir",
+        image_folder,
+        "--epochs",
+        "1",
+        "--subset",
+        "64",
+        "--batch-size",
+        "32",
+        "--out",
+        str(out),
+        "--no-progress",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Recipe 'seed'" in done.stdout and "epoch   1/1" in done.stdout
+    for name in (
+        "history.json",
+        "best_model.pt",
+        "final_model.pt",
+        "training_curves.png",
+        "checkpoint.pt",
+        "run.json",
+    ):
+        assert (out / name).exists()
+    settings = json.loads((out / "run.json").read_text())
+    assert settings["data"]["subset"] == 64 and settings["recipe"]["epochs"] == 1
+
+
+def test_summary_reports_count_constraints_and_receptive_field(capsys):
+    assert main(["summary"]) == 0
+    text = capsys.readouterr().out
+    assert "Trainable params: 181,942" in text
+    assert "every constraint met" in text
+    assert "81 pixels (analytic); measured from input gradients: 81." in text
+
+
+def test_help_explains_every_option():
+    done = run_cli("train", "--help")
+    for option in (
+        "--data-dir",
+        "--epochs",
+        "--batch-size",
+        "--target",
+        "--out",
+        "--device",
+        "--seed",
+        "--subset",
+        "--resume",
+        "--overwrite",
+    ):
+        assert option in done.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--epochs", "0"], "0 is out of range: it must be at least 1"),
+        (["--batch-size", "-3"], "-3 is out of range"),
+        (["--target", "1.5"], "1.5 is out of range: give a fraction in (0, 1]"),
+        (["--target", "abc"], "'abc' is not a number"),
+        (["--subset", "0"], "0 is out of range"),
+        (["--device", "xla"], "unsupported device 'xla'"),
+        (["--device", "gpu"], "unknown device 'gpu'"),
+        (["--workers", "-1"], "--workers -1 is out of range"),
+    ],
+)
+def test_bad_options_exit_non_zero_with_one_sentence(
+    args, message, tmp_path, capsys, image_folder
+):
+    out = tmp_path / "run"
+    argv = ["train", "--data-dir", image_folder, "--out", str(out), *args]
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own checks
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_on_a_cpu_machine_is_refused(tmp_path, capsys, image_folder):
+    out = tmp_path / "run"
+    assert (
+        main(
+            ["train", "--data-dir", image_folder, "--out", str(out), "--device", "cuda"]
+        )
+        == 2
+    )
+    assert "has no usable CUDA GPU; use --device cpu" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_missing_folder_layout_is_one_sentence(tmp_path):
+    (tmp_path / "train").mkdir()
+    done = run_cli("train", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"))
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and "no test/ folder" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_changed_settings(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path), "--epochs", "3"]) == 2
+    assert "cannot change a run being resumed" in capsys.readouterr().err
+
+
+def _wait_for(predicate, process, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def test_kill_during_an_epoch_then_resume_ends_like_an_uninterrupted_run(
+    tmp_path, image_folder
+):
+    common = [
+        "--data-dir",
+        image_folder,
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--no-progress",
+        "--target",
+        "1.0",
+    ]
+    whole = run_cli("train", *common, "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+
+    cut = tmp_path / "cut"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cifar_lib", "train", *common, "--out", str(cut)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    history = cut / "history.json"
+    _wait_for(history.exists, process)
+    time.sleep(0.4)  # into epoch 2 (an epoch takes a few seconds)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert len(json.loads(history.read_text())) == 1
+    assert not (cut / "final_model.pt").exists()
+
+    resumed = run_cli("train", "--resume", str(cut), "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming" in resumed.stdout
+
+    def comparable(folder):
+        rows = json.loads((folder / "history.json").read_text())
+        return [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
+
+    assert comparable(cut) == comparable(tmp_path / "whole")
+    a = checkpoints.load(tmp_path / "whole" / "final_model.pt")["model"]
+    b = checkpoints.load(cut / "final_model.pt")["model"]
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert not [p for p in Path(cut).iterdir() if p.name.endswith(".tmp")]

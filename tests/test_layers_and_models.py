@@ -1,0 +1,109 @@
+import pytest
+import torch
+from torch import nn
+
+from cifar_lib.constraints import check_constraints
+from cifar_lib.layers import (
+    ConvBNReLU,
+    DepthwiseSeparableConv2d,
+    DilatedConv2d,
+    TransitionBlock,
+)
+from cifar_lib.models import CIFAR10Netv2, build_model, count_parameters
+
+
+def bn_params(channels):
+    return 2 * channels
+
+
+def test_conv_bn_relu_shape_and_parameters():
+    layer = ConvBNReLU(16, 32)
+    assert layer(torch.randn(2, 16, 32, 32)).shape == (2, 32, 32, 32)
+    assert count_parameters(layer) == 3 * 3 * 16 * 32 + bn_params(32)
+    assert layer[0].bias is None
+
+
+def test_depthwise_separable_parameters_follow_the_formula():
+    cin, cout = 52, 52
+    layer = DepthwiseSeparableConv2d(cin, cout)
+    depthwise = 3 * 3 * cin
+    pointwise = cin * cout
+    assert count_parameters(layer) == depthwise + bn_params(
+        cin
+    ) + pointwise + bn_params(cout)
+    assert layer[0].groups == cin
+    assert layer(torch.randn(1, cin, 8, 8)).shape == (1, cout, 8, 8)
+    standard = ConvBNReLU(cin, cout)
+    assert count_parameters(layer) < count_parameters(standard) / 5
+
+
+def test_dilated_conv_keeps_size_and_parameters_of_a_3x3():
+    layer = DilatedConv2d(8, 8)
+    conv = layer[0]
+    assert conv.dilation == (2, 2) and conv.padding == (2, 2)
+    assert count_parameters(layer) == count_parameters(ConvBNReLU(8, 8))
+    assert layer(torch.randn(1, 8, 10, 10)).shape == (1, 8, 10, 10)
+
+
+@pytest.mark.parametrize("size", [32, 16, 8, 7])
+def test_transition_block_halves_the_map(size):
+    block = TransitionBlock(16, 32)
+    out = block(torch.randn(1, 16, size, size))
+    assert out.shape == (1, 32, (size + 1) // 2, (size + 1) // 2)
+    assert count_parameters(block) == 16 * 32 + bn_params(32) + 9 * 32 * 32 + bn_params(
+        32
+    )
+
+
+def test_cifar10netv2_has_the_reference_parameter_count_and_output():
+    model = CIFAR10Netv2()
+    assert count_parameters(model) == 181_942
+    assert model(torch.randn(4, 3, 32, 32)).shape == (4, 10)
+    assert count_parameters(build_model("CIFAR10Netv2", dropout=0.0)) == 181_942
+    dropouts = [m.p for m in model.modules() if isinstance(m, nn.Dropout)]
+    assert dropouts and set(dropouts) == {0.1}
+
+
+def test_constraints_pass_for_the_reference():
+    report = check_constraints(CIFAR10Netv2())
+    assert report.passed, str(report)
+    assert len(report.checks) == 7
+    assert "181,942" in report["parameters < 200,000"].detail
+
+
+class WithMaxPool(CIFAR10Netv2):
+    def __init__(self):
+        super().__init__()
+        # downsample block 1 with max-pooling instead of the stride-2 conv
+        self.transition1[1][0].stride = (1, 1)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x):
+        x = self.pool(self.transition1(self.block1(x)))
+        x = self.transition3(self.block3(self.transition2(self.block2(x))))
+        return self.fc(self.gap(self.block4(x)).flatten(1))
+
+
+def test_constraints_fail_for_max_pooling():
+    report = check_constraints(WithMaxPool())
+    assert not report.passed
+    assert not report["no max-pooling"].passed
+    assert not report["downsampling only by stride-2 convolutions"].passed
+    assert report["dilated convolution"].passed
+
+
+def test_constraints_fail_for_too_many_parameters():
+    model = nn.Sequential(
+        nn.Conv2d(3, 200, 3, padding=1, stride=2),
+        nn.Conv2d(200, 200, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(200, 10),
+    )
+    report = check_constraints(model)
+    assert not report["parameters < 200,000"].passed
+    assert not report["depthwise-separable convolution"].passed
+    assert not report["dilated convolution"].passed
+    assert not report["receptive field > 44"].passed
+    assert report["global average pooling then fully connected"].passed
+    assert "FAIL" in str(report)

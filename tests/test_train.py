@@ -1,0 +1,264 @@
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from cifar_lib import checkpoints
+from cifar_lib import train as training
+from cifar_lib.errors import (
+    CheckpointError,
+    ConfigError,
+    RunFolderError,
+    TrainingDivergedError,
+)
+from cifar_lib.train import Recipe, get_recipe, load_trained_model, resume, train
+
+
+def quick(**overrides):
+    values = dict(epochs=3, batch_size=32, target=1.0)
+    values.update(overrides)
+    return get_recipe("seed", **values)
+
+
+def quiet(*_):
+    pass
+
+
+def comparable(history):
+    """History without the timings, which differ from run to run."""
+    return [{k: v for k, v in row.items() if "seconds" not in k} for row in history]
+
+
+def test_reference_recipe_defaults():
+    recipe = get_recipe("seed")
+    assert (recipe.optimizer, recipe.lr, recipe.weight_decay) == ("adam", 1e-3, 1e-4)
+    assert (recipe.schedule, recipe.plateau_factor, recipe.plateau_patience) == (
+        "plateau",
+        0.5,
+        2,
+    )
+    assert (recipe.min_lr, recipe.epochs, recipe.batch_size, recipe.target) == (
+        1e-6,
+        50,
+        128,
+        0.85,
+    )
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
+
+
+def test_training_learns_the_synthetic_set(tmp_path):
+    from cifar_lib.data import make_synthetic_cifar
+
+    arrays = make_synthetic_cifar(train_per_class=100, test_per_class=20, seed=1)
+    result = train(
+        quick(epochs=4), out=tmp_path / "run", arrays=arrays, progress=False, log=quiet
+    )
+    assert result.best_accuracy > 0.3  # chance is 0.1
+    assert len(result.history) == 4
+    for name in (
+        "run.json",
+        "history.json",
+        "checkpoint.pt",
+        "best_model.pt",
+        "final_model.pt",
+        "training_curves.png",
+    ):
+        assert (tmp_path / "run" / name).stat().st_size > 0
+    saved = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert saved == result.history
+    model = load_trained_model(tmp_path / "run" / "best_model.pt")
+    best = max(row["test_accuracy"] for row in result.history)
+    _, test_loader = training.get_data_loaders(
+        batch_size=64, num_workers=0, arrays=arrays
+    )
+    _, accuracy = training.evaluate(model, test_loader, torch.device("cpu"))
+    assert accuracy == pytest.approx(best, abs=1e-4)
+
+
+def test_stops_once_the_target_is_reached(tmp_path, synthetic):
+    result = train(
+        quick(epochs=5, target=0.05),
+        out=tmp_path,
+        arrays=synthetic,
+        progress=False,
+        log=quiet,
+    )
+    assert len(result.history) == 1
+    assert "reached the target" in result.stop_reason
+    assert (tmp_path / "final_model.pt").exists()
+
+
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(
+    tmp_path, synthetic, monkeypatch
+):
+    recipe = quick(epochs=3)
+    whole = train(
+        recipe, out=tmp_path / "whole", arrays=synthetic, progress=False, log=quiet
+    )
+
+    real_epoch = training.train_one_epoch
+
+    def interrupted(*args, epoch, **kwargs):
+        if epoch == 2:  # half-way through epoch 2: the weights have moved already
+            real_epoch(*args, epoch=epoch, **kwargs)
+            raise KeyboardInterrupt
+        return real_epoch(*args, epoch=epoch, **kwargs)
+
+    monkeypatch.setattr(training, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, out=tmp_path / "cut", arrays=synthetic, progress=False, log=quiet)
+    assert len(json.loads((tmp_path / "cut" / "history.json").read_text())) == 1
+    assert not (tmp_path / "cut" / "final_model.pt").exists()
+    monkeypatch.setattr(training, "train_one_epoch", real_epoch)
+
+    resumed = resume(tmp_path / "cut", arrays=synthetic, progress=False, log=quiet)
+    assert comparable(resumed.history) == comparable(whole.history)
+    a = checkpoints.load(tmp_path / "whole" / "final_model.pt")["model"]
+    b = checkpoints.load(tmp_path / "cut" / "final_model.pt")["model"]
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path, synthetic):
+    train(quick(epochs=1), out=tmp_path, arrays=synthetic, progress=False, log=quiet)
+    before = (tmp_path / "final_model.pt").read_bytes()
+    messages = []
+    resume(tmp_path, arrays=synthetic, progress=False, log=messages.append)
+    assert "already finished" in messages[0]
+    assert (tmp_path / "final_model.pt").read_bytes() == before
+
+
+def test_a_run_folder_is_never_overwritten_unless_asked(tmp_path, synthetic):
+    train(quick(epochs=1), out=tmp_path, arrays=synthetic, progress=False, log=quiet)
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        train(
+            quick(epochs=1), out=tmp_path, arrays=synthetic, progress=False, log=quiet
+        )
+    (tmp_path / "notes.txt").write_text("mine")
+    train(
+        quick(epochs=1),
+        out=tmp_path,
+        arrays=synthetic,
+        progress=False,
+        log=quiet,
+        overwrite=True,
+    )
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_resume_needs_a_run_folder(tmp_path):
+    with pytest.raises(RunFolderError, match="no run to resume"):
+        resume(tmp_path)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_epoch(tmp_path, synthetic, monkeypatch):
+    real_epoch = training.train_one_epoch
+
+    def poisoned(model, *args, epoch, **kwargs):
+        if epoch == 2:
+            with torch.no_grad():
+                model.fc.weight.fill_(float("nan"))
+        return real_epoch(model, *args, epoch=epoch, **kwargs)
+
+    monkeypatch.setattr(training, "train_one_epoch", poisoned)
+    with pytest.raises(
+        TrainingDivergedError, match="became nan in epoch 2.*epoch 1 kept"
+    ):
+        train(
+            quick(epochs=3), out=tmp_path, arrays=synthetic, progress=False, log=quiet
+        )
+    state = checkpoints.load(tmp_path / "checkpoint.pt")
+    assert state["epoch"] == 1
+    assert all(
+        torch.isfinite(v).all()
+        for v in state["model"].values()
+        if v.is_floating_point()
+    )
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("epochs", 0, "epochs = 0 is out of range"),
+        ("batch_size", -4, "batch_size = -4 is out of range"),
+        ("target", 1.5, r"target = 1.5 is out of range; it must be in \(0, 1\]"),
+        ("target", 0, "target = 0 is out of range"),
+        ("lr", float("nan"), "lr = nan is out of range"),
+        ("optimizer", "rmsprop", "unknown optimizer"),
+    ],
+)
+def test_recipe_values_out_of_range(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        dataclasses.replace(get_recipe("seed"), **{field: value}).validate()
+
+
+def test_nothing_is_written_for_bad_options(tmp_path, synthetic):
+    with pytest.raises(ConfigError):
+        train(quick(epochs=0), out=tmp_path / "run", arrays=synthetic)
+    with pytest.raises(ConfigError, match="no usable CUDA GPU|unknown device"):
+        train(
+            quick(),
+            out=tmp_path / "run",
+            arrays=synthetic,
+            device="cuda" if not torch.cuda.is_available() else "tpu",
+        )
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda:x", "tpu"])
+def test_unknown_devices_are_refused(name):
+    with pytest.raises(ConfigError, match="device"):
+        training.select_device(name)
+
+
+def test_auto_device_is_available():
+    assert training.select_device("auto").type in ("cpu", "cuda", "mps")
+
+
+# --- safe loading -------------------------------------------------------------------
+
+
+class RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_file_that_would_run_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.pt"
+    torch.save({"format": checkpoints.FORMAT, "model": RunsCode(marker)}, path)
+    with pytest.raises(CheckpointError, match="run code"):
+        checkpoints.load(path)
+    assert not marker.exists()
+
+
+def test_files_that_are_not_checkpoints_are_refused(tmp_path):
+    plain = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(2)}, plain)
+    with pytest.raises(CheckpointError, match="not a checkpoint of this project"):
+        checkpoints.load(plain)
+    text = tmp_path / "text.pt"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        checkpoints.load(text)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        checkpoints.load(tmp_path / "missing.pt")
+
+
+def test_truncated_checkpoint_is_refused(tmp_path, synthetic):
+    train(quick(epochs=1), out=tmp_path, arrays=synthetic, progress=False, log=quiet)
+    data = (tmp_path / "checkpoint.pt").read_bytes()
+    (tmp_path / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="not a readable"):
+        checkpoints.load(tmp_path / "checkpoint.pt")
+
+
+def test_weights_of_another_model_are_refused(tmp_path, synthetic):
+    from torch import nn
+
+    train(quick(epochs=1), out=tmp_path, arrays=synthetic, progress=False, log=quiet)
+    with pytest.raises(CheckpointError, match="do not fit this model"):
+        checkpoints.load_weights(nn.Linear(2, 2), tmp_path / "best_model.pt")
