@@ -146,3 +146,16 @@ def heatmap(values: np.ndarray, title: str, image: np.ndarray | None = None) -> 
     axis.set_xticks([])
     axis.set_yticks([])
     return figure
+
+
+def heatmaps(values: list[np.ndarray], titles: list[str], size: float = 2.6) -> Figure:
+    """Several 2-D arrays side by side, each with its title (footprints, taught in
+    notebooks 02 and 03)."""
+    figure = Figure(figsize=(len(values) * size, size + 0.4), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, len(values)))
+    for axis, array, title in zip(axes, values, titles, strict=True):
+        axis.imshow(array, cmap="magma", interpolation="nearest")
+        axis.set_title(title, fontsize=9)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    return figure
