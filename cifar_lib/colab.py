@@ -69,15 +69,15 @@ def bundle_cell_source(archive: bytes) -> str:
 
 
 def _find_setup_cell(cells: list[dict], source_path: Path) -> int:
-    """Index of the setup cell: the first code cell, which imports cifar_lib."""
+    """Index of the setup cell: the first code cell, which checks for cifar_lib."""
     for index, cell in enumerate(cells):
         if cell["cell_type"] == "code":
-            if "import cifar_lib" not in "".join(cell["source"]):
+            if "cifar_lib" not in "".join(cell["source"]):
                 break
             return index
     raise ValueError(
-        f"'{source_path}' has no setup cell: its first code cell must import "
-        "cifar_lib, as every workbook notebook's does."
+        f"'{source_path}' has no setup cell: its first code cell must check that "
+        "cifar_lib is importable, as every workbook notebook's does."
     )
 
 

@@ -159,3 +159,16 @@ def heatmaps(values: list[np.ndarray], titles: list[str], size: float = 2.6) -> 
         axis.set_xticks([])
         axis.set_yticks([])
     return figure
+
+
+def footprint_outline(image: np.ndarray, footprint: np.ndarray, title: str) -> Figure:
+    """An image with the outline of a footprint (a boolean mask of the same size)
+    drawn over it: the receptive field to scale (taught in notebook 03)."""
+    figure = Figure(figsize=(4.5, 4.5), layout="constrained")
+    axis = figure.subplots()
+    axis.imshow(image, interpolation="nearest")
+    axis.contour(footprint.astype(float), levels=[0.5], colors="red", linewidths=2)
+    axis.set_title(title)
+    axis.set_xticks([])
+    axis.set_yticks([])
+    return figure
