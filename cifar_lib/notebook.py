@@ -51,7 +51,8 @@ def describe_data(arrays: CIFAR10Arrays) -> str:
     close to CIFAR-10, not the same pixels."""
     if arrays.source == "image-folder":
         folder = Path(arrays.location)
-        first = next((folder / "train" / CIFAR10_CLASSES[0]).iterdir())
+        files = (folder / "train" / CIFAR10_CLASSES[0]).iterdir()
+        first = next(path for path in files if not path.name.startswith("."))
         if first.suffix.lower() in (".jpg", ".jpeg"):
             return f"a JPEG copy of CIFAR-10 (lossy: not the original pixels), {folder}"
         return f"CIFAR-10 as an image folder of {first.suffix} files in {folder}"
