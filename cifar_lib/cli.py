@@ -126,7 +126,47 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(RECIPES),
         help="whose model to describe (default: seed)",
     )
+    bench = commands.add_parser(
+        "bench",
+        help="measure training images per second, beside the reference implementation",
+        description="Measure how many training images per second a recipe processes "
+        "(augmentation, forward, backward and optimiser step, after a warm-up), with "
+        "the data pipeline and the model step separately, beside the reference "
+        "implementation of the same recipe. The last line is one JSON object.",
+    )
+    bench.add_argument("--recipe", default="seed", choices=sorted(RECIPES))
+    bench.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps"
+    )
+    bench.add_argument(
+        "--steps", type=_positive_int, default=20, help="steps per round"
+    )
+    bench.add_argument("--warmup", type=_positive_int, default=3, help="warm-up steps")
+    bench.add_argument("--rounds", type=_positive_int, default=3, help="timed rounds")
+    bench.add_argument("--batch-size", type=_positive_int, help="images per step")
+    bench.add_argument(
+        "--no-compare", action="store_true", help="skip the reference implementation"
+    )
     return parser
+
+
+def _bench(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from cifar_lib.bench import run_benchmark
+    from cifar_lib.train import get_recipe, select_device
+
+    recipe = get_recipe(args.recipe)
+    if args.batch_size:
+        recipe = dataclasses.replace(recipe, batch_size=args.batch_size)
+    run_benchmark(
+        recipe,
+        select_device(args.device),
+        steps=args.steps,
+        warmup=args.warmup,
+        rounds=args.rounds,
+        compare=not args.no_compare,
+    )
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -206,7 +246,7 @@ def _summary(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"train": _train, "summary": _summary}[args.command](args)
+        {"train": _train, "summary": _summary, "bench": _bench}[args.command](args)
     except CifarLibError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -400,6 +400,9 @@ def make_loader(
 def set_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
     """Make epoch ``epoch``'s order and augmentations a function of (seed, epoch)
     alone, so a resumed run sees exactly what an uninterrupted one would."""
+    if hasattr(loader, "set_epoch"):  # speed.TensorBatchLoader
+        loader.set_epoch(seed, epoch)
+        return
     epoch_seed = seed * 100_003 + epoch
     loader.generator.manual_seed(epoch_seed)
     loader.dataset.reseed(epoch_seed)

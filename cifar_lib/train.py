@@ -34,10 +34,17 @@ from tqdm.auto import tqdm
 
 from cifar_lib import checkpoints
 from cifar_lib.augment import AugmentationConfig
-from cifar_lib.data import CIFAR10Arrays, get_data_loaders, load_cifar10, set_epoch
+from cifar_lib.data import (
+    CIFAR10Arrays,
+    get_data_loaders,
+    load_cifar10,
+    set_epoch,
+    take_subset,
+)
 from cifar_lib.errors import ConfigError, RunFolderError, TrainingDivergedError
 from cifar_lib.files import atomic_save_figure, atomic_write_json
 from cifar_lib.models import MODELS, build_model
+from cifar_lib.speed import BatchAugment, TensorBatchLoader, use_fast_dropout
 
 RUN_FILES = (
     "run.json",
@@ -72,8 +79,15 @@ class Recipe:
     target: float = 0.85  # stop once test accuracy reaches it
     label_smoothing: float = 0.0
     seed: int = 0
-    channels_last: bool = True
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    # How the arithmetic is done; none of these changes what is trained.
+    channels_last: bool = True  # NHWC memory layout (faster convolutions on CPU)
+    fast_dropout: bool = True  # speed.FastDropout: same distribution, cheaper masks
+    # "tensor": whole batches augmented on the training device (speed.BatchAugment,
+    # the same distribution); "albumentations": image by image in the DataLoader.
+    augmentation_backend: str = "tensor"
+    amp: bool = True  # float16 autocast on CUDA (ignored elsewhere)
+    eval_batch_size: int = 1000
 
     def validate(self) -> Recipe:
         """Refuse values that cannot train, with a sentence saying which."""
@@ -107,6 +121,11 @@ class Recipe:
             )
         if self.optimizer not in ("adam", "sgd"):
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; use adam or sgd.")
+        if self.augmentation_backend not in ("tensor", "albumentations"):
+            raise ConfigError(
+                f"unknown augmentation backend {self.augmentation_backend!r}; use "
+                "tensor or albumentations."
+            )
         if self.schedule not in ("plateau", "onecycle"):
             raise ConfigError(
                 f"unknown schedule {self.schedule!r}; use plateau or onecycle."
@@ -143,6 +162,17 @@ def get_recipe(name: str, **overrides) -> Recipe:
     if name not in RECIPES:
         raise ConfigError(f"unknown recipe {name!r}; choose one of {list(RECIPES)}.")
     return dataclasses.replace(RECIPES[name], **overrides).validate()
+
+
+def reference_implementation(recipe: Recipe) -> Recipe:
+    """The same recipe computed as the reference code does: NCHW layout,
+    ``nn.Dropout``, albumentations image by image (the baseline of ``bench``)."""
+    return dataclasses.replace(
+        recipe,
+        channels_last=False,
+        fast_dropout=False,
+        augmentation_backend="albumentations",
+    )
 
 
 # --- devices and seeds -------------------------------------------------------------
@@ -216,13 +246,16 @@ def train_one_epoch(
     channels_last: bool = False,
     progress: bool = True,
     refresh_every: int = 20,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, float]:
     """One pass over the training set; returns (mean loss, accuracy).
 
     Losses and correct counts are summed on the device; the progress bar reads
     them (a synchronisation) only every ``refresh_every`` steps. ``scheduler`` is
-    stepped after every batch (for per-step schedules such as one-cycle).
+    stepped after every batch (for per-step schedules such as one-cycle). An
+    enabled ``scaler`` turns on float16 autocast (CUDA).
     """
+    use_amp = scaler is not None and scaler.is_enabled()
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -230,11 +263,17 @@ def train_one_epoch(
     bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not progress)
     for step, (images, labels) in enumerate(bar, 1):
         images, labels = _to_device(images, labels, device, channels_last)
-        logits = model(images)
-        loss = criterion(logits, labels)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            logits = model(images)
+            loss = criterion(logits, labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if use_amp:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         if scheduler is not None:
             scheduler.step()
         loss_sum += loss.detach() * len(labels)
@@ -457,6 +496,7 @@ class _Run:
     test_loader: object
     device: torch.device
     progress: bool
+    scaler: torch.amp.GradScaler | None = None
     history: list[dict] = field(default_factory=list)
     best_accuracy: float = 0.0
 
@@ -464,18 +504,11 @@ class _Run:
 def _fit(
     recipe, run_dir, arrays, subset, device, num_workers, progress, log
 ) -> RunResult:
-    train_loader, test_loader = get_data_loaders(
-        batch_size=recipe.batch_size,
-        num_workers=num_workers,
-        subset=subset,
-        seed=recipe.seed,
-        augmentation=recipe.augmentation,
-        arrays=arrays,
+    train_loader, test_loader = make_loaders(
+        recipe, arrays, subset, device, num_workers
     )
     set_seed(recipe.seed)
-    model = build_model(recipe.model, dropout=recipe.dropout).to(device)
-    if recipe.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = prepare_model(recipe, device)
     optimizer = make_optimizer(model, recipe)
     scheduler, per_step = make_scheduler(optimizer, recipe, len(train_loader))
     run = _Run(
@@ -489,6 +522,9 @@ def _fit(
         test_loader,
         device,
         progress,
+        scaler=torch.amp.GradScaler(
+            "cuda", enabled=recipe.amp and device.type == "cuda"
+        ),
     )
     start_epoch = 1
     state_path = run_dir / "checkpoint.pt"
@@ -497,6 +533,7 @@ def _fit(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        run.scaler.load_state_dict(state["scaler"])
         checkpoints.restore_random_states(state["random_states"])
         run.history = list(state["history"])
         run.best_accuracy = float(state["best_accuracy"])
@@ -508,10 +545,12 @@ def _fit(
             )
         log(f"Resuming {run_dir} after epoch {start_epoch - 1}.")
     else:
+        if (run_dir / "history.json").exists():
+            log(f"{run_dir} has no finished epoch saved; starting from the beginning.")
         log(recipe.describe())
         log(
-            f"Data: {arrays.source} ({arrays.location}), {len(train_loader.dataset):,} "
-            f"training and {len(test_loader.dataset):,} test images; device: {device}."
+            f"Data: {arrays.source} ({arrays.location}), {_count(train_loader):,} "
+            f"training and {_count(test_loader):,} test images; device: {device}."
         )
 
     stop_reason = f"trained all {recipe.epochs} epochs"
@@ -541,6 +580,49 @@ def _fit(
     return RunResult(run_dir, run.history, run.best_accuracy, stop_reason, model)
 
 
+def _count(loader) -> int:
+    return loader.num_images if hasattr(loader, "num_images") else len(loader.dataset)
+
+
+def make_loaders(recipe: Recipe, arrays: CIFAR10Arrays, subset, device, num_workers):
+    """Train and test loaders for ``recipe``'s augmentation backend."""
+    if recipe.augmentation_backend == "albumentations":
+        return get_data_loaders(
+            batch_size=recipe.batch_size,
+            num_workers=num_workers,
+            subset=subset,
+            seed=recipe.seed,
+            augmentation=recipe.augmentation,
+            eval_batch_size=recipe.eval_batch_size,
+            arrays=arrays,
+        )
+    images, labels = take_subset(arrays.train_images, arrays.train_labels, subset)
+    train_loader = TensorBatchLoader(
+        images,
+        labels,
+        recipe.batch_size,
+        device,
+        shuffle=True,
+        augment=BatchAugment(recipe.augmentation),
+        seed=recipe.seed,
+    )
+    test_loader = TensorBatchLoader(
+        arrays.test_images, arrays.test_labels, recipe.eval_batch_size, device
+    )
+    return train_loader, test_loader
+
+
+def prepare_model(recipe: Recipe, device: torch.device) -> nn.Module:
+    """The recipe's model on ``device``, in the recipe's layout and dropout."""
+    model = build_model(recipe.model, dropout=recipe.dropout)
+    if recipe.fast_dropout:
+        use_fast_dropout(model)
+    model = model.to(device)
+    if recipe.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def _train_and_evaluate(run: _Run, epoch: int) -> dict:
     """Train one epoch, evaluate, step the schedule; returns the history row."""
     recipe = run.recipe
@@ -558,6 +640,7 @@ def _train_and_evaluate(run: _Run, epoch: int) -> dict:
         epoch=epoch,
         channels_last=recipe.channels_last,
         progress=run.progress,
+        scaler=run.scaler,
     )
     train_seconds = time.perf_counter() - started
     test_loss, test_accuracy = evaluate(
@@ -610,6 +693,7 @@ def _save_epoch(run: _Run, finished: bool, reason: str) -> None:
         model=run.model.state_dict(),
         optimizer=run.optimizer.state_dict(),
         scheduler=run.scheduler.state_dict(),
+        scaler=run.scaler.state_dict(),
         random_states=checkpoints.random_states(),
         finished=finished,
         stop_reason=reason,

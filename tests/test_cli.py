@@ -152,9 +152,9 @@ def test_kill_during_an_epoch_then_resume_ends_like_an_uninterrupted_run(
         "--data-dir",
         image_folder,
         "--epochs",
-        "3",
+        "2",
         "--batch-size",
-        "16",
+        "32",
         "--no-progress",
         "--target",
         "1.0",
@@ -170,8 +170,8 @@ def test_kill_during_an_epoch_then_resume_ends_like_an_uninterrupted_run(
         text=True,
     )
     history = cut / "history.json"
-    _wait_for(history.exists, process)
-    time.sleep(0.4)  # into epoch 2 (an epoch takes a few seconds)
+    _wait_for((cut / "checkpoint.pt").exists, process)  # epoch 1 saved
+    time.sleep(0.3)  # into epoch 2 (an epoch takes about a second)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL

@@ -1,0 +1,188 @@
+"""The speed devices draw from the same distributions as the code they replace."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cifar_lib.augment import (
+    AugmentationConfig,
+    build_test_transform,
+    build_train_transform,
+)
+from cifar_lib.models import CIFAR10Netv2
+from cifar_lib.speed import (
+    BatchAugment,
+    FastDropout,
+    TensorBatchLoader,
+    use_fast_dropout,
+)
+
+
+def test_fast_dropout_keeps_nine_in_ten_and_rescales():
+    torch.manual_seed(0)
+    layer = FastDropout(0.1).train()
+    x = torch.ones(64, 16, 32, 32)
+    out = layer(x)
+    kept = out != 0
+    n = x.numel()
+    sigma = (0.9 * 0.1 / n) ** 0.5
+    assert abs(kept.float().mean().item() - 0.9) < 5 * sigma
+    assert torch.allclose(out[kept], torch.tensor(1 / 0.9))
+    # no structure: every channel and every position keeps about 90%
+    per_channel = kept.float().mean((0, 2, 3))
+    assert (per_channel - 0.9).abs().max() < 5 * (0.09 / (n / 16)) ** 0.5
+    per_row = kept.float().mean((0, 1, 3))
+    assert (per_row - 0.9).abs().max() < 5 * (0.09 / (n / 32)) ** 0.5
+
+
+def test_fast_dropout_gradient_follows_the_mask():
+    torch.manual_seed(1)
+    x = torch.randn(8, 4, 5, 5, requires_grad=True)
+    out = FastDropout(0.3).train()(x)
+    out.sum().backward()
+    expected = (out != 0).float() / 0.7
+    assert torch.allclose(x.grad, expected)
+
+
+def test_fast_dropout_is_repeatable_and_fresh_each_call():
+    layer = FastDropout(0.1).train()
+    x = torch.ones(4, 8, 16, 16)
+    torch.manual_seed(5)
+    a, b = layer(x), layer(x)
+    torch.manual_seed(5)
+    assert torch.equal(layer(x), a)
+    assert not torch.equal(a, b)
+
+
+def test_fast_dropout_in_eval_and_channels_last():
+    layer = FastDropout(0.1)
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(layer.eval()(x), x)
+    out = layer.train()(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out != 0, (out != 0) & (x != 0))
+
+
+def test_use_fast_dropout_changes_no_weights_and_no_eval_output():
+    torch.manual_seed(0)
+    model = CIFAR10Netv2().eval()
+    x = torch.randn(2, 3, 32, 32)
+    before = model(x)
+    keys = list(model.state_dict())
+    use_fast_dropout(model)
+    assert not [m for m in model.modules() if type(m) is nn.Dropout]
+    # one per ConvBNReLU, one per depthwise-separable block: 19 in all
+    assert sum(isinstance(m, FastDropout) for m in model.modules()) == 19
+    assert list(model.state_dict()) == keys
+    assert torch.equal(model(x), before)
+
+
+# --- batched augmentation against albumentations ------------------------------------
+
+
+def _test_image():
+    yy, xx = np.mgrid[0:32, 0:32]
+    checker = ((xx // 4 + yy // 4) % 2) * 255
+    return np.stack([xx * 8, yy * 8, checker], -1).clip(0, 255).astype(np.uint8)
+
+
+def _albumentations_samples(config, count, seed=1):
+    pipeline = build_train_transform(config, seed=seed, normalize=False)
+    image = _test_image()
+    return np.stack([pipeline(image=image)["image"] for _ in range(count)]) / 255
+
+
+def _batch_samples(config, count, seed=1):
+    augment = BatchAugment(config)
+    images = torch.from_numpy(_test_image())[None].repeat(count, 1, 1, 1)
+    out = augment(images, torch.Generator().manual_seed(seed))
+    return (out * augment.std + augment.mean).permute(0, 2, 3, 1).numpy()
+
+
+def _distance(a, b):
+    """How far apart two sets of augmented images are, pixel by pixel."""
+    mean_gap = np.abs(a.mean(0) - b.mean(0))
+    std_gap = np.abs(a.std(0) - b.std(0))
+    quantiles = [0.05, 0.25, 0.5, 0.75, 0.95]
+    spread_gap = np.abs(
+        np.quantile(a.mean((1, 2, 3)), quantiles)
+        - np.quantile(b.mean((1, 2, 3)), quantiles)
+    )
+    return mean_gap.mean(), std_gap.mean(), spread_gap.max()
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        AugmentationConfig(flip_p=0, hole_p=0, affine_p=1.0),
+        AugmentationConfig(),
+    ],
+    ids=["shift-scale-rotate", "whole pipeline"],
+)
+def test_batch_augment_matches_albumentations_in_distribution(config):
+    reference = _albumentations_samples(config, 2000)
+    batched = _batch_samples(config, 2000)
+    mean_gap, std_gap, spread_gap = _distance(reference, batched)
+    assert mean_gap < 0.008 and std_gap < 0.006 and spread_gap < 0.006
+    # the same test tells a different distribution apart (it is not blind)
+    wider = AugmentationConfig(
+        flip_p=config.flip_p, hole_p=config.hole_p, affine_p=1.0, shift=0.2, rotate=30
+    )
+    far = _distance(reference, _batch_samples(wider, 2000))
+    assert far[0] > 2 * 0.008 or far[1] > 2 * 0.006 or far[2] > 2 * 0.006
+
+
+def test_batch_augment_flip_and_hole_rates():
+    count = 4000
+    half = np.zeros((32, 32, 3), np.uint8)
+    half[:, 16:] = 255
+    augment = BatchAugment(AugmentationConfig(affine_p=0, hole_p=0))
+    images = torch.from_numpy(half)[None].repeat(count, 1, 1, 1)
+    out = augment(images, torch.Generator().manual_seed(0))
+    flipped = (out[:, 0, 0, 0] > 0).float().mean().item()
+    assert abs(flipped - 0.5) < 5 * (0.25 / count) ** 0.5
+
+    white = torch.full((count, 32, 32, 3), 255, dtype=torch.uint8)
+    augment = BatchAugment(AugmentationConfig(flip_p=0, affine_p=0))
+    out = augment(white, torch.Generator().manual_seed(0))
+    holes = (out[:, 0] < 0).sum((1, 2))  # zeros become negative after normalising
+    assert set(holes.unique().tolist()) == {0, 256}
+    assert abs((holes > 0).float().mean().item() - 0.3) < 5 * (0.21 / count) ** 0.5
+    tops = torch.stack([torch.nonzero(o[0] < 0)[0, 0] for o in out[holes > 0][:500]])
+    assert tops.min() == 0 and tops.max() == 16  # every position inside the image
+    assert abs(tops.float().mean().item() - 8) < 0.8
+
+
+def test_tensor_loader_visits_every_image_once_with_its_label():
+    count = 203
+    labels = np.arange(count) % 10
+    images = np.zeros((count, 32, 32, 3), np.uint8)
+    images[:, 0, 0, 0] = np.arange(count) % 256
+    loader = TensorBatchLoader(images, labels, batch_size=32, shuffle=True, seed=0)
+    seen, pairs = 0, []
+    for batch, batch_labels in loader:
+        seen += len(batch_labels)
+        pixel = (
+            batch[:, 0, 0, 0] * loader.augment.std[0, 0, 0, 0]
+            + loader.augment.mean[0, 0, 0, 0]
+        )
+        pairs += list(
+            zip(
+                (pixel * 255).round().long().tolist(),
+                batch_labels.tolist(),
+                strict=True,
+            )
+        )
+    assert seen == count and len(loader) == 7
+    assert sorted(pairs) == sorted((i % 256, i % 10) for i in range(count))
+    first = [label for _, label in pairs[:32]]
+    assert first != list(labels[:32])  # shuffled
+
+
+def test_tensor_loader_normalises_like_albumentations():
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    loader = TensorBatchLoader(images, np.zeros(5), batch_size=5)
+    batch, _ = next(iter(loader))
+    expected = torch.stack([build_test_transform()(image=i)["image"] for i in images])
+    assert torch.allclose(batch, expected, atol=1e-5)
