@@ -96,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--seed", type=int, help="random seed (default 0)")
     train.add_argument(
-        "--subset", type=_positive_int, help="train on the first N training images only"
+        "--subset",
+        type=_positive_int,
+        help="train on N training images only, drawn at random (the same N each time)",
     )
     train.add_argument(
         "--workers",

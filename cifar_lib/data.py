@@ -411,10 +411,13 @@ def set_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
 def take_subset(
     images: np.ndarray, labels: np.ndarray, count: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``count`` images (all of them when ``count`` is None)."""
-    if count is None:
+    """``count`` images drawn at random, the same ones every time (all of them
+    when ``count`` is None). Not simply the first ``count``: an image folder lists
+    the images class by class, so the first 2,000 would all be airplanes."""
+    if count is None or count >= len(images):
         return images, labels
-    return images[:count], labels[:count]
+    chosen = np.sort(np.random.default_rng(0).permutation(len(images))[:count])
+    return images[chosen], labels[chosen]
 
 
 def get_data_loaders(

@@ -54,8 +54,9 @@ class DepthwiseSeparableConv2d(nn.Sequential):
         kernel_size: int = 3,
         stride: int = 1,
         dropout: float = 0.1,
+        dilation: int = 1,
     ) -> None:
-        padding = (kernel_size - 1) // 2
+        padding = dilation * (kernel_size - 1) // 2
         super().__init__(
             nn.Conv2d(
                 in_channels,
@@ -63,6 +64,7 @@ class DepthwiseSeparableConv2d(nn.Sequential):
                 kernel_size,
                 stride=stride,
                 padding=padding,
+                dilation=dilation,
                 groups=in_channels,
                 bias=False,
             ),

@@ -208,3 +208,11 @@ def test_corrupted_torchvision_batch(tmp_path, synthetic):
         DatasetError, match="incomplete or corrupted.*delete that folder"
     ):
         load_cifar10(root)
+
+
+def test_subset_holds_every_class(image_folder):
+    arrays = load_cifar10(image_folder)  # listed class by class
+    images, labels = data.take_subset(arrays.train_images, arrays.train_labels, 50)
+    assert len(images) == 50 and len(np.unique(labels)) >= 8
+    again, _ = data.take_subset(arrays.train_images, arrays.train_labels, 50)
+    assert np.array_equal(images, again)
