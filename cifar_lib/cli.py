@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--no-compare", action="store_true", help="skip the reference implementation"
     )
+    bench.add_argument(
+        "--out", help="also write the result, with date and hardware, to this JSON file"
+    )
     return parser
 
 
@@ -161,7 +164,7 @@ def _bench(args: argparse.Namespace) -> None:
     recipe = get_recipe(args.recipe)
     if args.batch_size:
         recipe = dataclasses.replace(recipe, batch_size=args.batch_size)
-    run_benchmark(
+    result = run_benchmark(
         recipe,
         select_device(args.device),
         steps=args.steps,
@@ -169,6 +172,11 @@ def _bench(args: argparse.Namespace) -> None:
         rounds=args.rounds,
         compare=not args.no_compare,
     )
+    if args.out:
+        from cifar_lib.files import atomic_write_json
+        from cifar_lib.results import provenance
+
+        atomic_write_json(args.out, {**provenance(), **result})
 
 
 def _train(args: argparse.Namespace) -> None:
