@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from cifar_lib.data import CIFAR10_CLASSES
 
@@ -34,6 +35,8 @@ def training_curves(history: list[dict], target: float | None = None) -> Figure:
     accuracy.legend()
     lr.plot(epochs, [r["lr"] for r in history], "o-", color="tab:green")
     lr.set(title="Learning rate (end of epoch)", xlabel="epoch", yscale="log")
+    for axis in (loss, accuracy, lr):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
     return figure
 
 
