@@ -175,3 +175,25 @@ def footprint_outline(image: np.ndarray, footprint: np.ndarray, title: str) -> F
     axis.set_xticks([])
     axis.set_yticks([])
     return figure
+
+
+def accuracy_comparison(
+    histories: dict[str, list[dict]], target: float = 0.85
+) -> Figure:
+    """Test accuracy of several runs against epochs (left) and against training
+    time (right), with the target line."""
+    figure = Figure(figsize=(12, 4), layout="constrained")
+    by_epoch, by_time = figure.subplots(1, 2)
+    for name, history in histories.items():
+        accuracy = [100 * row["test_accuracy"] for row in history]
+        elapsed = np.cumsum([row["seconds"] for row in history]) / 60
+        by_epoch.plot([row["epoch"] for row in history], accuracy, "o-", label=name)
+        by_time.plot(elapsed, accuracy, "o-", label=name)
+    for axis, label in ((by_epoch, "epoch"), (by_time, "minutes of training")):
+        axis.axhline(100 * target, color="grey", ls="--", label=f"{target:.0%}")
+        axis.set(xlabel=label, ylabel="test accuracy (%)")
+        axis.legend()
+    by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
+    by_epoch.set_title("Test accuracy against epochs")
+    by_time.set_title("Test accuracy against training time")
+    return figure

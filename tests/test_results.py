@@ -12,3 +12,28 @@ def test_readme_results_block_is_made_from_results_folder():
 
 def test_results_markdown_without_files(tmp_path: Path):
     assert results_markdown(tmp_path) == "No measured results yet."
+
+
+def test_record_run_writes_results_and_loadable_weights(tmp_path, image_folder):
+    import json
+
+    import torch
+
+    from cifar_lib.models import build_model
+    from cifar_lib.results import record_run
+    from cifar_lib.train import get_recipe, train
+
+    run = tmp_path / "run"
+    recipe = get_recipe("seed", epochs=2, batch_size=32, target=1.0)
+    train(recipe, out=run, data_dir=image_folder, progress=False, log=lambda *_: None)
+    result = record_run(run, tmp_path / "results", tmp_path / "pretrained", data="toy")
+    saved = json.loads((tmp_path / "results" / "seed.json").read_text())
+    assert saved["best_accuracy"] == result["best_accuracy"]
+    best = max(row["test_accuracy"] for row in saved["history"])
+    assert abs(saved["best_accuracy"] - best) < 1e-4
+    assert 0 <= saved["best_accuracy_flip_tta"] <= 1
+    assert saved["parameters"] == 181_942 and len(saved["history"]) == 2
+    state = torch.load(tmp_path / "pretrained" / "seed.pt", weights_only=True)
+    build_model("CIFAR10Netv2").load_state_dict(state)
+    table = results_markdown(tmp_path / "results")
+    assert "| seed |" in table and "toy" in table

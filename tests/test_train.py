@@ -262,3 +262,18 @@ def test_weights_of_another_model_are_refused(tmp_path, synthetic):
     train(quick(epochs=1), out=tmp_path, arrays=synthetic, progress=False, log=quiet)
     with pytest.raises(CheckpointError, match="do not fit this model"):
         checkpoints.load_weights(nn.Linear(2, 2), tmp_path / "best_model.pt")
+
+
+def test_load_pretrained_without_shipped_weights_says_how_to_get_them(
+    monkeypatch, tmp_path
+):
+    monkeypatch.setattr(training, "PRETRAINED_DIR", tmp_path)
+    with pytest.raises(CheckpointError, match="no shipped weights for recipe 'best'"):
+        training.load_pretrained("best")
+
+
+def test_shipped_weights_load_into_their_model():
+    shipped = sorted(training.PRETRAINED_DIR.glob("*.pt"))
+    for path in shipped:
+        model = training.load_pretrained(path.stem)
+        assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)

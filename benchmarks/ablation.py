@@ -1,0 +1,62 @@
+"""What each lever of the fast recipe contributes, measured: train variants of it
+for the same number of epochs on the full training set, one after the other, and
+record each history in ``results/ablations/<name>.json``.
+
+    python benchmarks/ablation.py --data-dir ../shared/data/cifar10-jpeg75
+
+* ``seed_8_epochs``: the reference recipe (CIFAR10Netv2, dropout 0.1, Adam,
+  ReduceLROnPlateau), cut to the fast recipe's 8 epochs;
+* ``fast_with_CIFAR10Netv2``: the fast recipe's training (no dropout, SGD with
+  Nesterov momentum, one-cycle, label smoothing) applied to the reference model;
+* the fast recipe itself is ``results/fast.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+from pathlib import Path
+
+from cifar_lib.data import load_cifar10
+from cifar_lib.files import atomic_write_json
+from cifar_lib.notebook import describe_data
+from cifar_lib.results import ROOT, provenance
+from cifar_lib.train import get_recipe, train
+
+VARIANTS = {
+    "seed_8_epochs": lambda: get_recipe("seed", epochs=8, target=1.0),
+    "fast_with_CIFAR10Netv2": lambda: dataclasses.replace(
+        get_recipe("fast", target=1.0), model="CIFAR10Netv2", name="fast"
+    ),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--only", nargs="*", choices=sorted(VARIANTS))
+    args = parser.parse_args()
+    arrays = load_cifar10(args.data_dir)
+    out_dir = ROOT / "results" / "ablations"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in args.only or VARIANTS:
+        recipe = VARIANTS[name]()
+        with tempfile.TemporaryDirectory() as folder:
+            result = train(recipe, out=Path(folder), arrays=arrays, progress=False)
+        atomic_write_json(
+            out_dir / f"{name}.json",
+            {
+                "variant": name,
+                "data": describe_data(arrays),
+                **provenance(),
+                "runs": 1,
+                "recipe_settings": recipe.to_dict(),
+                "best_accuracy": result.best_accuracy,
+                "history": result.history,
+            },
+        )
+
+
+if __name__ == "__main__":
+    main()
