@@ -9,12 +9,17 @@ record each history in ``results/ablations/<name>.json``.
 * ``fast_with_CIFAR10Netv2``: the fast recipe's training (no dropout, SGD with
   Nesterov momentum, one-cycle, label smoothing) applied to the reference model;
 * the fast recipe itself is ``results/fast.json``.
+
+``--from-run RUN_FOLDER NAME`` records a finished run folder of the command line
+as the variant NAME instead (how the fast recipe's earlier settings were kept:
+``fast_reference_augmentation``, ``fast_batch_128``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import tempfile
 from pathlib import Path
 
@@ -32,30 +37,41 @@ VARIANTS = {
 }
 
 
+def record(out_dir: Path, name: str, recipe: dict, history: list, arrays) -> None:
+    atomic_write_json(
+        out_dir / f"{name}.json",
+        {
+            "variant": name,
+            "data": describe_data(arrays),
+            **provenance(),
+            "runs": 1,
+            "recipe_settings": recipe,
+            "best_accuracy": max(row["test_accuracy"] for row in history),
+            "history": history,
+        },
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--only", nargs="*", choices=sorted(VARIANTS))
+    parser.add_argument("--from-run", nargs=2, metavar=("RUN_FOLDER", "NAME"))
     args = parser.parse_args()
     arrays = load_cifar10(args.data_dir)
     out_dir = ROOT / "results" / "ablations"
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.from_run:
+        run, name = Path(args.from_run[0]), args.from_run[1]
+        settings = json.loads((run / "run.json").read_text())
+        history = json.loads((run / "history.json").read_text())
+        record(out_dir, name, settings["recipe"], history, arrays)
+        return
     for name in args.only or VARIANTS:
         recipe = VARIANTS[name]()
         with tempfile.TemporaryDirectory() as folder:
             result = train(recipe, out=Path(folder), arrays=arrays, progress=False)
-        atomic_write_json(
-            out_dir / f"{name}.json",
-            {
-                "variant": name,
-                "data": describe_data(arrays),
-                **provenance(),
-                "runs": 1,
-                "recipe_settings": recipe.to_dict(),
-                "best_accuracy": result.best_accuracy,
-                "history": result.history,
-            },
-        )
+        record(out_dir, name, recipe.to_dict(), result.history, arrays)
 
 
 if __name__ == "__main__":

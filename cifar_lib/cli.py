@@ -7,6 +7,7 @@ printed as one sentence on stderr with exit code 2; a traceback means a bug.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from cifar_lib.errors import CifarLibError
@@ -64,7 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--recipe",
-        default="seed",
         choices=sorted(RECIPES),
         help="training recipe (default: seed, the reference's)",
     )
@@ -82,11 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--target",
         type=_fraction,
-        help="stop once test accuracy reaches this fraction (default 0.85)",
+        help="stop once test accuracy reaches this fraction (default: the recipe's, "
+        "0.85 for seed and fast)",
     )
     train.add_argument(
         "--out",
-        default="runs/latest",
         help="run folder to write (default: runs/latest); refused if it holds a run",
     )
     train.add_argument(
@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=None,
-        help="data-loading worker processes (default: 0 on CPU, up to 4 with a GPU)",
+        help="DataLoader worker processes, for the albumentations backend only "
+        "(default: 0 on CPU, up to 4 with a GPU)",
     )
     train.add_argument(
         "--resume",
@@ -157,10 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _bench(args: argparse.Namespace) -> None:
     import dataclasses
+    from pathlib import Path
 
     from cifar_lib.bench import run_benchmark
+    from cifar_lib.errors import ConfigError
     from cifar_lib.train import get_recipe, select_device
 
+    if args.out and not Path(args.out).resolve().parent.is_dir():
+        raise ConfigError(
+            f"--out {args.out}: the folder {Path(args.out).parent} does not exist; "
+            "create it or choose another path."
+        )
     recipe = get_recipe(args.recipe)
     if args.batch_size:
         recipe = dataclasses.replace(recipe, batch_size=args.batch_size)
@@ -188,27 +196,35 @@ def _train(args: argparse.Namespace) -> None:
     if args.workers is not None and args.workers < 0:
         raise ConfigError(f"--workers {args.workers} is out of range; use 0 or more.")
     if args.resume:
+        fixed = ("recipe", "epochs", "batch_size", "lr", "target", "seed", "subset")
+        fixed += ("out", "workers")
         changed = [
             f"--{name.replace('_', '-')}"
-            for name in ("epochs", "batch_size", "lr", "target", "seed", "subset")
+            for name in fixed
             if getattr(args, name) is not None
-        ]
+        ] + (["--overwrite"] if args.overwrite else [])
         if changed:
             raise ConfigError(
                 f"{', '.join(changed)} cannot change a run being resumed; --resume "
-                "continues with the run's own settings (see its run.json)."
+                "continues with the run's own settings (see its run.json); only "
+                "--data-dir (for data that has moved) and --device may be given."
             )
-        resume(args.resume, device=args.device, progress=not args.no_progress)
+        resume(
+            args.resume,
+            device=args.device,
+            progress=not args.no_progress,
+            data_dir=args.data_dir,
+        )
         return
     overrides = {
         name: getattr(args, name)
         for name in ("epochs", "batch_size", "lr", "target", "seed")
         if getattr(args, name) is not None
     }
-    recipe = dataclasses.replace(get_recipe(args.recipe), **overrides)
+    recipe = dataclasses.replace(get_recipe(args.recipe or "seed"), **overrides)
     train(
         recipe,
-        out=args.out,
+        out=args.out or "runs/latest",
         data_dir=args.data_dir,
         subset=args.subset,
         device=args.device,
@@ -254,6 +270,9 @@ def _summary(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # albumentations asks PyPI for a newer version at import; offline that only
+    # prints warnings before the command's own output.
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     args = build_parser().parse_args(argv)
     try:
         {"train": _train, "summary": _summary, "bench": _bench}[args.command](args)

@@ -136,7 +136,7 @@ def _load_torchvision(root: Path, download: bool) -> CIFAR10Arrays:
         test_images=np.ascontiguousarray(test.data, dtype=np.uint8),
         test_labels=np.asarray(test.targets, dtype=np.int64),
         source="torchvision",
-        location=str(root),
+        location=str(root.resolve()),
     )
 
 
@@ -194,7 +194,13 @@ def _list_image_folder(root: Path) -> dict[str, list[tuple[Path, int]]]:
 def _decode(path: Path) -> np.ndarray:
     """One image as uint8 RGB (32, 32, 3). Grey or RGBA files are converted to RGB;
     any other size is refused, since resizing would silently change the data."""
-    raw = np.fromfile(path, dtype=np.uint8)
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except OSError as error:  # a folder, or no permission to read
+        raise DatasetError(
+            f"'{path}' cannot be read ({error.strerror}); a class folder must hold "
+            "only image files."
+        ) from None
     image = cv2.imdecode(raw, cv2.IMREAD_COLOR) if raw.size else None
     if image is None:
         raise DatasetError(
@@ -231,8 +237,11 @@ def _load_image_folder(root: Path) -> CIFAR10Arrays:
         try:
             with np.load(cache) as stored:
                 arrays = {name: stored[name] for name in stored.files}
-        except (OSError, ValueError, KeyError):
-            arrays = {}  # a broken cache is rebuilt below
+        except Exception:  # truncated, empty or foreign: rebuilt below
+            arrays = {}
+        expected = {f"{s}_{k}" for s in ("train", "test") for k in ("images", "labels")}
+        if set(arrays) != expected:
+            arrays = {}
     if not arrays:
         # OpenCV releases the GIL while decoding, so threads use every core.
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
@@ -243,7 +252,7 @@ def _load_image_folder(root: Path) -> CIFAR10Arrays:
                     [label for _, label in files], dtype=np.int64
                 )
         _write_cache(cache, arrays)
-    return CIFAR10Arrays(**arrays, source="image-folder", location=str(root))
+    return CIFAR10Arrays(**arrays, source="image-folder", location=str(root.resolve()))
 
 
 def _write_cache(cache: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -253,6 +262,8 @@ def _write_cache(cache: Path, arrays: dict[str, np.ndarray]) -> None:
         temporary = cache.with_name(cache.name + f".{os.getpid()}.tmp")
         with open(temporary, "wb") as handle:
             np.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(temporary, cache)
     except OSError:
         pass
@@ -433,10 +444,11 @@ def get_data_loaders(
 ):
     """Train and test loaders as the reference builds them.
 
-    Returns ``(train_loader, test_loader)``; with ``validation_size > 0`` the last
-    ``validation_size`` training images are held out (unaugmented) and it returns
+    Returns ``(train_loader, test_loader)``; with ``validation_size > 0`` that many
+    training images, drawn at random (the same ones each time), are held out
+    (unaugmented) and it returns
     ``(train_loader, validation_loader, test_loader)``, so model selection need
-    not look at the test set. ``subset`` keeps the first N training images.
+    not look at the test set. ``subset`` keeps N training images drawn at random.
     ``arrays`` skips loading (for synthetic data).
     """
     # Imported here: augment needs this module's constants.
@@ -447,8 +459,10 @@ def get_data_loaders(
     if validation_size:
         if not 0 < validation_size < len(images):
             raise ValueError("validation_size must be between 0 and the training size")
-        held_images, held_labels = images[-validation_size:], labels[-validation_size:]
-        images, labels = images[:-validation_size], labels[:-validation_size]
+        order = np.random.default_rng(1).permutation(len(images))
+        held, kept = np.sort(order[:validation_size]), np.sort(order[validation_size:])
+        held_images, held_labels = images[held], labels[held]
+        images, labels = images[kept], labels[kept]
     images, labels = take_subset(images, labels, subset)
     eval_batch_size = eval_batch_size or max(batch_size, 512)
     train = make_loader(

@@ -19,6 +19,8 @@ def training_curves(history: list[dict], target: float | None = None) -> Figure:
     loss, accuracy, lr = figure.subplots(1, 3)
     loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
     loss.plot(epochs, [r["test_loss"] for r in history], "o-", label="test")
+    # With label smoothing (fast, best) the training loss includes it; the test
+    # loss is plain cross-entropy, so the two curves differ by more than overfitting.
     loss.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
     loss.legend()
     accuracy.plot(

@@ -22,7 +22,6 @@ gradient of one central output position reaches.
 from __future__ import annotations
 
 import copy
-import math
 import operator
 from dataclasses import dataclass
 
@@ -87,20 +86,71 @@ def _module_geometry(module: nn.Module):
     return None
 
 
+# Functions that look at a neighbourhood of pixels. The walk follows modules
+# (nn.Conv2d, nn.MaxPool2d, ...); these functional forms are refused rather than
+# silently treated as pixel-by-pixel operations.
+SPATIAL_FUNCTIONS = {
+    "conv2d",
+    "conv_transpose2d",
+    "max_pool2d",
+    "avg_pool2d",
+    "lp_pool2d",
+    "fractional_max_pool2d",
+    "interpolate",
+    "upsample",
+    "unfold",
+    "fold",
+    "pixel_shuffle",
+    "pixel_unshuffle",
+    "grid_sample",
+}
+
+
+def _function_name(node: fx.Node) -> str:
+    return getattr(node.target, "__name__", str(node.target))
+
+
 def _is_global_pool(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
         module = modules[node.target]
         return isinstance(module, _GLOBAL_POOLS) and module.output_size in (1, (1, 1))
-    if node.op == "call_method" and node.target == "mean":
-        return True  # x.mean((2, 3)) as global average pooling
+    if node.op == "call_function" and _function_name(node).startswith("adaptive_"):
+        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+        return size in (1, (1, 1))
+    if node.op == "call_method" and node.target in ("mean", "amax", "sum"):
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        dims = tuple(dims) if isinstance(dims, (tuple, list)) else (dims,)
+        return set(dims) in ({2, 3}, {-2, -1})  # x.mean((2, 3)): over the pixels
     return False
+
+
+def functional_spatial_calls(model: nn.Module) -> list[str]:
+    """Names of the functional calls (F.max_pool2d, ...) that act on pixel
+    neighbourhoods, which the module-based tools cannot measure."""
+    graph = trace(model)
+    return [
+        f"{node.name} ({_function_name(node)})"
+        for node in graph.graph.nodes
+        if node.op in ("call_function", "call_method")
+        and _function_name(node) in SPATIAL_FUNCTIONS
+    ]
+
+
+class _LayerTracer(fx.Tracer):
+    """Treats every module without children as one call, so that layers with
+    Python logic inside (speed.FastDropout) are not traced into."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return next(module.children(), None) is None or super().is_leaf_module(
+            module, qualified_name
+        )
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
     """The model's forward pass as a graph of module calls, in execution order."""
     if next(model.children(), None) is None:
         model = nn.Sequential(model)  # a bare layer: trace it as a call, not its code
-    return fx.symbolic_trace(model)
+    return fx.GraphModule(model, _LayerTracer().trace(model))
 
 
 def receptive_field_table(model: nn.Module) -> list[LayerReceptiveField]:
@@ -118,6 +168,11 @@ def receptive_field_table(model: nn.Module) -> list[LayerReceptiveField]:
             continue  # constants, attributes
         if _is_global_pool(node, modules):
             break  # everything after this sees the whole map
+        if node.op != "call_module" and _function_name(node) in SPATIAL_FUNCTIONS:
+            raise ValueError(
+                f"{node.name} calls {_function_name(node)} as a function; the "
+                "receptive field is walked over modules: use its nn.Module form."
+            )
         if node.op == "call_module" and _module_geometry(modules[node.target]):
             kernel, stride, dilation, padding = _module_geometry(modules[node.target])
             before = geometry[inputs[0]]
@@ -269,9 +324,10 @@ def empirical_receptive_field(model: nn.Module, start_size: int = 64) -> int:
 
 
 def total_stride(model: nn.Module) -> int:
-    """How many input pixels one step of the last feature map covers."""
-    strides = [row.stride for row in receptive_field_table(model)]
-    return math.prod(strides) if strides else 1
+    """How many input pixels one step of the last feature map covers (the jump
+    after the last layer; parallel branches do not multiply)."""
+    table = receptive_field_table(model)
+    return table[-1].jump_out if table else 1
 
 
 __all__ = [

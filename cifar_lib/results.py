@@ -40,12 +40,15 @@ def hardware() -> str:
 
 def provenance() -> dict:
     """Date, hardware, software and commit, to store beside a measurement."""
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    ).stdout.strip()
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        ).stdout.strip()
+    except OSError:  # no git on this machine
+        commit = ""
     return {
         "date": time.strftime("%Y-%m-%d"),
         "hardware": hardware(),
@@ -115,6 +118,22 @@ def results_markdown(results_dir: Path = ROOT / "results") -> str:
                 f"{r['hardware']} | {r['date']} |"
             )
         parts.append("**Training runs.**\n\n" + "\n".join(rows))
+    ablations = sorted((results_dir / "ablations").glob("*.json"))
+    if ablations:
+        rows = [
+            "| variant | epochs | best test accuracy | data | hardware | date |",
+            "|---|---:|---:|---|---|---|",
+        ]
+        for path in ablations:
+            r = json.loads(path.read_text())
+            rows.append(
+                f"| {r['variant']} | {len(r['history'])} | {r['best_accuracy']:.2%} | "
+                f"{r['data']} | {r['hardware']} | {r['date']} |"
+            )
+        parts.append(
+            "**Earlier settings of the fast recipe** (`results/ablations/`, "
+            "notebook 06).\n\n" + "\n".join(rows)
+        )
     if not parts:
         parts.append("No measured results yet.")
     return "\n\n".join(parts)

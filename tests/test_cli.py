@@ -133,6 +133,13 @@ def test_missing_folder_layout_is_one_sentence(tmp_path):
 def test_resume_refuses_changed_settings(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path), "--epochs", "3"]) == 2
     assert "cannot change a run being resumed" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path), "--out", "x", "--overwrite"]) == 2
+    assert "--out, --overwrite cannot change" in capsys.readouterr().err
+
+
+def test_bench_refuses_an_output_in_a_missing_folder(tmp_path, capsys):
+    assert main(["bench", "--out", str(tmp_path / "no" / "x.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def _wait_for(predicate, process, timeout=240):

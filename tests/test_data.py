@@ -1,3 +1,4 @@
+import os
 import pickle
 import urllib.error
 import warnings
@@ -216,3 +217,24 @@ def test_subset_holds_every_class(image_folder):
     assert len(images) == 50 and len(np.unique(labels)) >= 8
     again, _ = data.take_subset(arrays.train_images, arrays.train_labels, 50)
     assert np.array_equal(images, again)
+
+
+def test_validation_split_is_drawn_from_every_class(image_folder):
+    _, validation, _ = get_data_loaders(
+        batch_size=8, num_workers=0, data_dir=image_folder, validation_size=50
+    )
+    assert len(np.unique(validation.dataset.labels.numpy())) >= 8
+
+
+def test_a_broken_cache_is_rebuilt(image_folder):
+    load_cifar10(image_folder)
+    cache = next(Path(os.environ["CIFAR_LIB_CACHE_DIR"]).glob("imagefolder-*.npz"))
+    cache.write_bytes(b"")
+    data._MEMORY_CACHE.clear()
+    assert len(load_cifar10(image_folder).train_images) == 300
+
+
+def test_a_folder_inside_a_class_folder_is_one_sentence(writable_folder):
+    Path(writable_folder, "train", "cat", "extra").mkdir()
+    with pytest.raises(DatasetError, match="extra' cannot be read"):
+        load_cifar10(writable_folder)

@@ -20,13 +20,14 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
-def test_the_five_notebooks_are_there():
+def test_the_six_notebooks_are_there():
     assert [path.name for path in NOTEBOOKS] == [
         "01_data_and_augmentation.ipynb",
         "02_custom_layers.ipynb",
         "03_receptive_field.ipynb",
         "04_model.ipynb",
         "05_training.ipynb",
+        "06_beyond_85.ipynb",
     ]
 
 

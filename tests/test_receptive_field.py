@@ -91,3 +91,38 @@ def test_the_measurement_does_not_change_the_model():
     empirical_receptive_field(model)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_models_with_fast_dropout_can_be_walked():
+    from cifar_lib.constraints import check_constraints
+    from cifar_lib.speed import use_fast_dropout
+
+    model = use_fast_dropout(CIFAR10Netv2())
+    assert receptive_field(model) == 81
+    assert check_constraints(model).passed
+
+
+def test_total_stride_does_not_multiply_parallel_branches():
+    assert total_stride(residual_model()) == 4  # strides 1, 2, 2 (shortcuts too)
+
+
+class FunctionalPooling(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.max_pool2d(self.conv(x), 2)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_functional_pooling_is_refused_not_ignored():
+    from cifar_lib.constraints import check_constraints
+
+    with pytest.raises(ValueError, match="max_pool2d as a function"):
+        receptive_field(FunctionalPooling())
+    report = check_constraints(FunctionalPooling())
+    assert not report["no max-pooling"].passed
+    assert not report["downsampling only by stride-2 convolutions"].passed
+    assert not report["receptive field > 44"].passed

@@ -277,3 +277,54 @@ def test_shipped_weights_load_into_their_model():
     for path in shipped:
         model = training.load_pretrained(path.stem)
         assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_recipes_do_not_share_their_augmentation():
+    changed = get_recipe("fast")
+    changed.augmentation.hole_p = 0.9
+    assert get_recipe("fast").augmentation.hole_p != 0.9
+
+
+def test_seed_out_of_range_is_refused():
+    with pytest.raises(ConfigError, match="seed = -1 is out of range"):
+        get_recipe("seed", seed=-1)
+
+
+def test_overwrite_with_missing_data_keeps_the_old_run(tmp_path, synthetic):
+    from cifar_lib.errors import DatasetError
+
+    train(quick(epochs=1), out=tmp_path, arrays=synthetic, progress=False, log=quiet)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    broken = tmp_path.parent / f"{tmp_path.name}-data"
+    (broken / "train").mkdir(parents=True)  # no test/: refused at once
+    with pytest.raises(DatasetError):
+        train(
+            quick(epochs=1),
+            out=tmp_path,
+            data_dir=broken,
+            overwrite=True,
+            progress=False,
+            log=quiet,
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_corrupt_run_file_is_one_sentence(tmp_path):
+    (tmp_path / "run.json").write_text("{not json")
+    with pytest.raises(RunFolderError, match="is not a run file of this project"):
+        resume(tmp_path)
+
+
+def test_resume_reads_moved_data_from_data_dir(tmp_path, image_folder):
+    import shutil
+
+    moved = shutil.copytree(image_folder, tmp_path / "copy")
+    run = tmp_path / "run"
+    train(
+        quick(epochs=2), out=run, data_dir=moved, progress=False, log=quiet, subset=40
+    )
+    state = json.loads((run / "history.json").read_text())
+    (run / "checkpoint.pt").unlink()  # as if killed before the first save
+    shutil.rmtree(moved)
+    result = resume(run, data_dir=image_folder, progress=False, log=quiet)
+    assert comparable(result.history) == comparable(state)
