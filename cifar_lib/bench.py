@@ -68,10 +68,8 @@ class _Setup:
         images, labels = next(iter(self.train_loader))
         self.batch = images.to(device), labels.to(device)
 
-    def end_to_end(self, steps: int) -> float:
-        """Images per second through augmentation, forward, backward and step."""
-        set_epoch(self.train_loader, 0, 1)
-        loader = _FirstBatches(self.train_loader, steps)
+    def _images_per_second(self, loader, images: int, **options) -> float:
+        """Train over ``loader`` once and time it."""
         _sync(self.device)
         started = time.perf_counter()
         train_one_epoch(
@@ -80,14 +78,23 @@ class _Setup:
             self.optimizer,
             self.criterion,
             self.device,
-            channels_last=self.recipe.channels_last,
             progress=False,
-            # the reference code reads the loss back after every batch
-            refresh_every=1 if self.reference else 20,
             scaler=self.scaler,
+            **options,
         )
         _sync(self.device)
-        return steps * self.recipe.batch_size / (time.perf_counter() - started)
+        return images / (time.perf_counter() - started)
+
+    def end_to_end(self, steps: int) -> float:
+        """Images per second through augmentation, forward, backward and step."""
+        set_epoch(self.train_loader, 0, 1)
+        return self._images_per_second(
+            _FirstBatches(self.train_loader, steps),
+            steps * self.recipe.batch_size,
+            channels_last=self.recipe.channels_last,
+            # the reference code reads the loss back after every batch
+            refresh_every=1 if self.reference else 20,
+        )
 
     def data_pipeline(self, steps: int) -> float:
         """Images per second the loader delivers, with no model."""
@@ -102,22 +109,12 @@ class _Setup:
         images, labels = self.batch
         if self.recipe.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        loader = [(images, labels)] * steps
-        _sync(self.device)
-        started = time.perf_counter()
-        train_one_epoch(
-            self.model,
-            loader,
-            self.optimizer,
-            self.criterion,
-            self.device,
+        return self._images_per_second(
+            [(images, labels)] * steps,
+            steps * len(labels),
             channels_last=False,
-            progress=False,
             refresh_every=steps + 1,
-            scaler=self.scaler,
         )
-        _sync(self.device)
-        return steps * len(labels) / (time.perf_counter() - started)
 
 
 def _sync(device: torch.device) -> None:

@@ -198,3 +198,25 @@ def test_kill_during_an_epoch_then_resume_ends_like_an_uninterrupted_run(
     b = checkpoints.load(cut / "final_model.pt")["model"]
     assert all(torch.equal(a[key], b[key]) for key in a)
     assert not [p for p in Path(cut).iterdir() if p.name.endswith(".tmp")]
+
+
+def test_bench_ends_with_one_json_line(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = [
+        "bench",
+        "--steps",
+        "1",
+        "--rounds",
+        "1",
+        "--warmup",
+        "1",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    result = json.loads(last)
+    assert result["train_images_per_s"] > 0 and result["speedup"] > 0
+    saved = json.loads(out.read_text())
+    assert saved["train_images_per_s"] == result["train_images_per_s"]
+    assert {"date", "hardware", "commit"} <= set(saved)
