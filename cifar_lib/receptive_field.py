@@ -22,7 +22,6 @@ gradient of one central output position reaches.
 from __future__ import annotations
 
 import copy
-import operator
 from dataclasses import dataclass
 
 import torch
@@ -339,4 +338,3 @@ __all__ = [
     "receptive_field_table",
     "total_stride",
 ]
-_ = operator  # fx graphs refer to operator.add for residual sums
