@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from cifar_lib import speed
 from cifar_lib.augment import (
     AugmentationConfig,
     build_test_transform,
@@ -19,7 +20,19 @@ from cifar_lib.speed import (
 )
 
 
-def test_fast_dropout_keeps_nine_in_ten_and_rescales():
+@pytest.fixture(params=["numba", "numpy"])
+def backend(request, monkeypatch):
+    """Run a test with the compiled kernel (skipped without Numba) and with the
+    NumPy fallback."""
+    if request.param == "numba":
+        pytest.importorskip("numba")
+        assert speed._get_kernel() is not None
+    else:
+        monkeypatch.setattr(speed, "_kernel", False)
+    return request.param
+
+
+def test_fast_dropout_keeps_nine_in_ten_and_rescales(backend):
     torch.manual_seed(0)
     layer = FastDropout(0.1).train()
     x = torch.ones(64, 16, 32, 32)
@@ -36,7 +49,7 @@ def test_fast_dropout_keeps_nine_in_ten_and_rescales():
     assert (per_row - 0.9).abs().max() < 5 * (0.09 / (n / 32)) ** 0.5
 
 
-def test_fast_dropout_gradient_follows_the_mask():
+def test_fast_dropout_gradient_follows_the_mask(backend):
     torch.manual_seed(1)
     x = torch.randn(8, 4, 5, 5, requires_grad=True)
     out = FastDropout(0.3).train()(x)
@@ -45,7 +58,7 @@ def test_fast_dropout_gradient_follows_the_mask():
     assert torch.allclose(x.grad, expected)
 
 
-def test_fast_dropout_is_repeatable_and_fresh_each_call():
+def test_fast_dropout_is_repeatable_and_fresh_each_call(backend):
     layer = FastDropout(0.1).train()
     x = torch.ones(4, 8, 16, 16)
     torch.manual_seed(5)
@@ -55,13 +68,70 @@ def test_fast_dropout_is_repeatable_and_fresh_each_call():
     assert not torch.equal(a, b)
 
 
-def test_fast_dropout_in_eval_and_channels_last():
+def test_fast_dropout_in_eval_and_channels_last(backend):
     layer = FastDropout(0.1)
     x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
     assert torch.equal(layer.eval()(x), x)
     out = layer.train()(x)
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(out != 0, (out != 0) & (x != 0))
+
+
+def test_fast_dropout_neighbours_are_independent(backend):
+    # Draws come four to a 64-bit word: neighbours in memory, in the same word
+    # or in the next one, must be dropped together only p * p of the time.
+    torch.manual_seed(2)
+    dropped = FastDropout(0.1).train()(torch.ones(1 << 20)) == 0
+    n = dropped.numel()
+    for gap in (1, 2, 3, 4, 5, 8):
+        both = (dropped[:-gap] & dropped[gap:]).float().mean().item()
+        assert abs(both - 0.01) < 5 * (0.01 * 0.99 / n) ** 0.5, gap
+
+
+def test_fast_dropout_channels_last_gradient_meets_its_mask(backend):
+    # x is channels-last but the incoming gradient is not: the backward pass
+    # must still drop exactly the elements the forward pass dropped.
+    torch.manual_seed(3)
+    x = torch.rand(4, 6, 5, 7).add_(0.5).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    weight = torch.randn(4, 6, 5, 7)  # NCHW
+    out = FastDropout(0.25).train()(x)
+    (out * weight).sum().backward()
+    assert torch.allclose(x.grad, weight * (out != 0) / 0.75)
+
+
+def test_compiled_dropout_is_splitmix64_and_thread_count_free():
+    numba = pytest.importorskip("numba")
+    assert speed._get_kernel() is not None
+    seed, threshold = 12345, speed._threshold(0.5)
+    mask = 2**64 - 1
+
+    def splitmix64(i):  # output number i (from 1) of SplitMix64 started at seed
+        z = (seed + i * 0x9E3779B97F4A7C15) & mask
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    draws = [(splitmix64(j // 4 + 1) >> (16 * (j % 4))) & 0xFFFF for j in range(4099)]
+    x = torch.ones(4099)
+    expected = torch.tensor([2.0 if d >= threshold else 0.0 for d in draws])
+    assert torch.equal(speed._masked_scale(x, seed, threshold, 2.0), expected)
+    big = torch.ones(3, 50_000)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = speed._get_kernel()
+        out = torch.empty_like(big)
+        one(
+            speed._flat(big),
+            speed._flat(out),
+            np.uint64(seed),
+            np.uint64(threshold),
+            np.float32(2.0),
+        )
+    finally:
+        numba.set_num_threads(threads)
+    assert torch.equal(speed._masked_scale(big, seed, threshold, 2.0), out)
 
 
 def test_use_fast_dropout_changes_no_weights_and_no_eval_output():
