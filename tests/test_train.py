@@ -89,10 +89,11 @@ def test_stops_once_the_target_is_reached(tmp_path, synthetic):
     assert (tmp_path / "final_model.pt").exists()
 
 
+@pytest.mark.parametrize("ema", [0.0, 0.9])
 def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(
-    tmp_path, synthetic, monkeypatch
+    tmp_path, synthetic, monkeypatch, ema
 ):
-    recipe = quick(epochs=3)
+    recipe = quick(epochs=3, ema=ema)
     whole = train(
         recipe, out=tmp_path / "whole", arrays=synthetic, progress=False, log=quiet
     )
@@ -117,6 +118,33 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(
     a = checkpoints.load(tmp_path / "whole" / "final_model.pt")["model"]
     b = checkpoints.load(tmp_path / "cut" / "final_model.pt")["model"]
     assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_moving_average_is_what_is_evaluated_and_saved(tmp_path, synthetic):
+    result = train(
+        quick(epochs=2, ema=0.9),
+        out=tmp_path,
+        arrays=synthetic,
+        progress=False,
+        log=quiet,
+    )
+    last = result.history[-1]
+    loader = training.make_loaders(
+        training.get_recipe("seed"), synthetic, None, torch.device("cpu"), 0
+    )[1]
+    saved = load_trained_model(tmp_path / "final_model.pt")
+    assert training.evaluate(saved, loader, torch.device("cpu"))[1] == pytest.approx(
+        last["test_accuracy"]
+    )
+    raw = result.model.eval()
+    assert training.evaluate(raw, loader, torch.device("cpu"))[1] == pytest.approx(
+        last["raw_test_accuracy"]
+    )
+    # the average is not the last weights (nor is it far from them)
+    weight = "block1.0.0.weight"
+    averaged, latest = saved.state_dict()[weight], raw.state_dict()[weight]
+    assert not torch.allclose(averaged, latest)
+    assert (averaged - latest).norm() < 0.5 * latest.norm()
 
 
 def test_resuming_a_finished_run_changes_nothing(tmp_path, synthetic):
@@ -185,6 +213,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_epoch(tmp_path, synthetic, monke
         ("target", 0, "target = 0 is out of range"),
         ("lr", float("nan"), "lr = nan is out of range"),
         ("optimizer", "rmsprop", "unknown optimizer"),
+        ("ema", 1.0, r"ema = 1.0 is out of range; it must be in \[0, 1\)"),
     ],
 )
 def test_recipe_values_out_of_range(field, value, message):
