@@ -55,11 +55,8 @@ class DepthwiseSeparableConv2d(nn.Sequential):
         stride: int = 1,
         dropout: float = 0.1,
         dilation: int = 1,
-        activation: bool = True,
     ) -> None:
         padding = dilation * (kernel_size - 1) // 2
-        # activation=False leaves out the last ReLU (the end of a residual body)
-        end = [nn.ReLU(inplace=True)] if activation else []
         super().__init__(
             nn.Conv2d(
                 in_channels,
@@ -75,7 +72,7 @@ class DepthwiseSeparableConv2d(nn.Sequential):
             nn.ReLU(inplace=True),
             nn.Conv2d(in_channels, out_channels, 1, bias=False),
             nn.BatchNorm2d(out_channels),
-            *end,
+            nn.ReLU(inplace=True),
             nn.Dropout(dropout),
         )
 

@@ -71,19 +71,12 @@ def count_parameters(model: nn.Module) -> int:
 
 class ResidualBlock(nn.Module):
     """x + body(x), then ReLU: the body learns a correction to its input, which
-    lets gradients reach early layers directly and makes short training work.
-
-    The body ends in BatchNorm, not ReLU, so the correction can be negative too;
-    that BatchNorm's scale starts at zero, so each block starts as the identity
-    (Goyal et al., 2017, "Accurate, Large Minibatch SGD").
-    """
+    lets gradients reach early layers directly and makes short training work."""
 
     def __init__(self, body: nn.Module) -> None:
         super().__init__()
         self.body = body
         self.relu = nn.ReLU(inplace=True)
-        last_norm = [m for m in body.modules() if isinstance(m, nn.BatchNorm2d)][-1]
-        nn.init.zeros_(last_norm.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.relu(x + self.body(x))
@@ -123,15 +116,13 @@ class CIFAR10ResNet(nn.Module):
             ResidualBlock(
                 nn.Sequential(
                     DepthwiseSeparableConv2d(128, 128, dropout=d),
-                    DepthwiseSeparableConv2d(
-                        128, 128, dilation=2, dropout=d, activation=False
-                    ),
+                    DepthwiseSeparableConv2d(128, 128, dilation=2, dropout=d),
                 )
             ),
             ResidualBlock(
                 nn.Sequential(
                     DepthwiseSeparableConv2d(128, 128, dropout=d),
-                    DepthwiseSeparableConv2d(128, 128, dropout=d, activation=False),
+                    DepthwiseSeparableConv2d(128, 128, dropout=d),
                 )
             ),
         )

@@ -20,6 +20,7 @@ checks that.
 from __future__ import annotations
 
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -104,11 +105,21 @@ def _compile_kernel():
                         draw = (z >> np.uint64(16 * k)) & low16
                         dst[j] = src[j] * scale if draw >= threshold else zero
 
-    return masked_scale
+    @numba.njit(parallel=True, cache=True)
+    def scale_where_positive(src, dst, ref, scale):  # pragma: no cover (JIT)
+        # dst[j] = src[j] * scale where ref[j] > 0, else 0.
+        n = src.size
+        for b in numba.prange((n + 4 * block - 1) // (4 * block)):
+            for j in range(b * 4 * block, min((b + 1) * 4 * block, n)):
+                dst[j] = src[j] * scale if ref[j] > 0 else zero
+
+    return SimpleNamespace(
+        masked_scale=masked_scale, scale_where_positive=scale_where_positive
+    )
 
 
 def _get_kernel():
-    """The compiled kernel, or None (then FastDropout uses NumPy's PCG64)."""
+    """The compiled kernels, or None (then FastDropout uses NumPy's PCG64)."""
     global _kernel
     if _kernel is None:
         _kernel = False
@@ -116,7 +127,10 @@ def _get_kernel():
         if kernel is not None:
             try:  # compile now, on a tiny input, so a failure shows here
                 one = np.ones(5, np.float32)
-                kernel(one, one.copy(), np.uint64(1), np.uint64(1), np.float32(1))
+                kernel.masked_scale(
+                    one, one.copy(), np.uint64(1), np.uint64(1), np.float32(1)
+                )
+                kernel.scale_where_positive(one, one.copy(), one, np.float32(1))
                 _kernel = kernel
             except Exception as error:  # noqa: BLE001 (any Numba failure)
                 warnings.warn(
@@ -139,20 +153,34 @@ def _flat(x: Tensor) -> np.ndarray:
     return x.detach().as_strided((x.numel(),), (1,)).numpy()
 
 
+def _set_threads() -> None:
+    import numba
+
+    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
 def _masked_scale(x: Tensor, seed: int, threshold: int, scale: float) -> Tensor:
+    """x * scale where the draws from ``seed`` keep an element, else 0."""
     out = torch.empty_like(x)  # same (dense) strides as x
     if x.numel():
-        import numba
-
-        numba.set_num_threads(
-            min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
-        )
-        _get_kernel()(
+        _set_threads()
+        _get_kernel().masked_scale(
             _flat(x),
             _flat(out),
             np.uint64(seed),
             np.uint64(threshold),
             np.float32(scale),
+        )
+    return out
+
+
+def _scale_where_positive(x: Tensor, ref: Tensor, scale: float) -> Tensor:
+    """x * scale where ``ref`` (laid out as x) is positive, else 0."""
+    out = torch.empty_like(x)
+    if x.numel():
+        _set_threads()
+        _get_kernel().scale_where_positive(
+            _flat(x), _flat(out), _flat(ref), np.float32(scale)
         )
     return out
 
@@ -175,10 +203,43 @@ class _CompiledDropout(torch.autograd.Function):
         return _masked_scale(grad, *ctx.args), None
 
 
+class _CompiledDropoutAfterReLU(_CompiledDropout):
+    """The same forward pass, for an input that comes out of a ReLU. The backward
+    pass reads the mask off the output instead of drawing it again: where the
+    output is 0 the gradient is 0, which differs from plain dropout only where
+    the ReLU already output 0, and there the ReLU's own backward pass zeroes the
+    gradient anyway. The gradient that reaches the layer before the ReLU is
+    exactly that of ReLU then ``nn.Dropout``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, p: float) -> Tensor:
+        out = _CompiledDropout.forward(ctx, x, p)
+        ctx.save_for_backward(out)  # the next layer keeps it anyway
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (out,) = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=ctx.layout)
+        return _scale_where_positive(grad, out, ctx.args[2]), None
+
+
 class FastDropout(nn.Dropout):
     """``nn.Dropout`` with cheaper masks on the CPU (float32 tensors): drawn and
     applied by a compiled kernel when Numba is installed, by NumPy's PCG64
-    otherwise. On other devices and dtypes it is ``nn.Dropout``."""
+    otherwise. On other devices and dtypes it is ``nn.Dropout``.
+
+    ``after_relu=True`` says the input comes straight out of a ReLU (as in
+    ``ConvBNReLU``); the backward pass then reuses the output instead of drawing
+    the mask again (see ``_CompiledDropoutAfterReLU``).
+    """
+
+    def __init__(self, p: float = 0.5, after_relu: bool = False) -> None:
+        super().__init__(p)
+        self.after_relu = after_relu
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", after_relu=True" if self.after_relu else "")
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0 or x.device.type != "cpu":
@@ -186,6 +247,8 @@ class FastDropout(nn.Dropout):
         if self.p == 1:
             return x * 0.0
         if x.dtype == torch.float32 and _get_kernel() is not None:
+            if self.after_relu:
+                return _CompiledDropoutAfterReLU.apply(x, self.p)
             return _CompiledDropout.apply(x, self.p)
         # 0 where dropped, 1 / (1 - p) where kept: one multiplication each way.
         mask = _keep_mask(x, self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
@@ -193,13 +256,19 @@ class FastDropout(nn.Dropout):
 
 
 def use_fast_dropout(model: nn.Module) -> nn.Module:
-    """Swap every ``nn.Dropout`` of ``model`` for a ``FastDropout`` (in place).
-    Dropout has no parameters, so state dicts are unchanged."""
+    """Swap every ``nn.Dropout`` of ``model`` for a ``FastDropout`` (in place),
+    marked ``after_relu`` where the module before it in an ``nn.Sequential`` is a
+    ReLU. Dropout has no parameters, so state dicts are unchanged."""
     for module in list(model.modules()):
+        previous = None
         for child_name, child in list(module.named_children()):
             if type(child) is nn.Dropout:
-                fast = FastDropout(child.p).train(child.training)
+                after_relu = isinstance(module, nn.Sequential) and isinstance(
+                    previous, nn.ReLU
+                )
+                fast = FastDropout(child.p, after_relu).train(child.training)
                 setattr(module, child_name, fast)
+            previous = child
     return model
 
 

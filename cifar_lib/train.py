@@ -184,7 +184,7 @@ _FAST = Recipe(
     epochs=8,
     batch_size=64,  # twice the steps of batch 128 in the same 8 epochs
     label_smoothing=0.1,
-    ema=0.998,  # averages about the last 500 steps (of 782 per epoch)
+    ema=0.998,  # averages over about the last 500 steps (782 per epoch)
     augmentation=AugmentationConfig(scale=0.0, rotate=0.0, hole_p=0.0),
 )
 RECIPES = {

@@ -120,7 +120,7 @@ def test_compiled_dropout_is_splitmix64_and_thread_count_free():
     threads = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        one = speed._get_kernel()
+        one = speed._get_kernel().masked_scale
         out = torch.empty_like(big)
         one(
             speed._flat(big),
@@ -256,3 +256,38 @@ def test_tensor_loader_normalises_like_albumentations():
     batch, _ = next(iter(loader))
     expected = torch.stack([build_test_transform()(image=i)["image"] for i in images])
     assert torch.allclose(batch, expected, atol=1e-5)
+
+
+def test_dropout_after_relu_gives_the_same_parameter_gradients():
+    # Reading the mask off the output (after_relu) must give exactly the
+    # gradients of drawing it again, for every parameter of the reference model.
+    pytest.importorskip("numba")
+    grads = []
+    for after_relu in (True, False):
+        torch.manual_seed(0)
+        model = CIFAR10Netv2(dropout=0.2).to(memory_format=torch.channels_last)
+        use_fast_dropout(model)
+        fast = [m for m in model.modules() if isinstance(m, FastDropout)]
+        assert len(fast) == 19 and all(m.after_relu for m in fast)
+        for m in fast:
+            m.after_relu = after_relu
+        x = torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+        torch.manual_seed(1)
+        model(x).square().sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+    assert any(g.abs().sum() > 0 for g in grads[0])
+
+
+def test_only_dropout_right_after_a_relu_is_marked():
+    from cifar_lib.layers import DepthwiseSeparableConv2d
+
+    model = nn.Sequential(
+        DepthwiseSeparableConv2d(4, 4, dropout=0.1),
+        nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.Dropout(0.1)),
+        nn.ReLU(),
+        nn.Sequential(nn.Dropout(0.1)),  # first in its own Sequential
+    )
+    use_fast_dropout(model)
+    marks = [m.after_relu for m in model.modules() if isinstance(m, FastDropout)]
+    assert marks == [True, False, False]
