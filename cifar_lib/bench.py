@@ -58,7 +58,7 @@ class _Setup:
         self.recipe = recipe
         self.device = device
         self.reference = reference
-        self.model = prepare_model(recipe, device)
+        self.model = prepare_model(recipe, device, arrays.train_images)
         self.optimizer = make_optimizer(self.model, recipe)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
         self.train_loader, _ = make_loaders(recipe, arrays, None, device, None)

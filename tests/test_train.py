@@ -89,11 +89,11 @@ def test_stops_once_the_target_is_reached(tmp_path, synthetic):
     assert (tmp_path / "final_model.pt").exists()
 
 
-@pytest.mark.parametrize("ema", [0.0, 0.9])
+@pytest.mark.parametrize("extras", [{}, {"ema": 0.9, "whiten_stem": True}])
 def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(
-    tmp_path, synthetic, monkeypatch, ema
+    tmp_path, synthetic, monkeypatch, extras
 ):
-    recipe = quick(epochs=3, ema=ema)
+    recipe = quick(epochs=3, **extras)
     whole = train(
         recipe, out=tmp_path / "whole", arrays=synthetic, progress=False, log=quiet
     )
