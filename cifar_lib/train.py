@@ -189,6 +189,7 @@ _FAST = Recipe(
     batch_size=64,  # twice the steps of batch 128 in the same 8 epochs
     label_smoothing=0.1,
     ema=0.998,  # averages over about the last 500 steps (782 per epoch)
+    whiten_stem=True,
     augmentation=AugmentationConfig(scale=0.0, rotate=0.0, hole_p=0.0),
 )
 RECIPES = {
