@@ -25,6 +25,11 @@ def quiet(*_):
     pass
 
 
+def fit(recipe, out, arrays):
+    """Train quietly, without progress bars."""
+    return train(recipe, out=out, arrays=arrays, progress=False, log=quiet)
+
+
 def comparable(history):
     """History without the timings, which differ from run to run."""
     return [{k: v for k, v in row.items() if "seconds" not in k} for row in history]
@@ -77,13 +82,7 @@ def test_training_learns_the_synthetic_set(tmp_path):
 
 
 def test_stops_once_the_target_is_reached(tmp_path, synthetic):
-    result = train(
-        quick(epochs=5, target=0.05),
-        out=tmp_path,
-        arrays=synthetic,
-        progress=False,
-        log=quiet,
-    )
+    result = fit(quick(epochs=5, target=0.05), tmp_path, synthetic)
     assert len(result.history) == 1
     assert "reached the target" in result.stop_reason
     assert (tmp_path / "final_model.pt").exists()
@@ -121,13 +120,7 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(
 
 
 def test_moving_average_is_what_is_evaluated_and_saved(tmp_path, synthetic):
-    result = train(
-        quick(epochs=2, ema=0.9),
-        out=tmp_path,
-        arrays=synthetic,
-        progress=False,
-        log=quiet,
-    )
+    result = fit(quick(epochs=2, ema=0.9), tmp_path, synthetic)
     last = result.history[-1]
     loader = training.make_loaders(
         training.get_recipe("seed"), synthetic, None, torch.device("cpu"), 0
