@@ -7,8 +7,9 @@ checks that.
 * ``FastDropout``: on the CPU, ``nn.Dropout`` spends most of its time drawing
   Bernoulli numbers (measured here: about 40% of a CIFAR10Netv2 training step).
   With Numba installed, one compiled loop, run on every core, draws the mask and
-  applies it in a single pass over memory; the mask is never stored, because the
-  backward pass draws it again from the same seed. The random numbers are
+  applies it in a single pass over memory; the mask is never stored: the
+  backward pass draws it again from the same seed or, when the input came out of
+  a ReLU, reads it off the output (zero where dropped). The random numbers are
   SplitMix64's sequence (a counter-based generator: word ``i`` of the sequence is
   a fixed mixing function of ``seed + i``, so any thread can draw any part of the
   mask, and the result does not depend on the number of threads). Without Numba,
