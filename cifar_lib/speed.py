@@ -252,10 +252,8 @@ class FastDropout(nn.Dropout):
         return super().extra_repr() + (", after_relu=True" if self.after_relu else "")
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0 or x.device.type != "cpu":
+        if not self.training or self.p in (0, 1) or x.device.type != "cpu":
             return super().forward(x)
-        if self.p == 1:
-            return x * 0.0
         if x.dtype == torch.float32 and _get_kernel() is not None:
             if self.after_relu:
                 return _CompiledDropoutAfterReLU.apply(x, self.p)

@@ -587,7 +587,9 @@ def _fit(
         recipe, arrays, subset, device, num_workers
     )
     set_seed(recipe.seed)
-    images = take_subset(arrays.train_images, arrays.train_labels, subset)[0]
+    images = None  # the training images, for a recipe that whitens its stem
+    if recipe.whiten_stem:
+        images = take_subset(arrays.train_images, arrays.train_labels, subset)[0]
     model = prepare_model(recipe, device, images)
     optimizer = make_optimizer(model, recipe)
     scheduler, per_step = make_scheduler(optimizer, recipe, len(train_loader))

@@ -32,9 +32,8 @@ def patch_covariance(images: np.ndarray, size: int, chunk: int = 250) -> torch.T
         total += patches.T @ patches
         sums += patches.sum(0)
         count += len(patches)
-    average = torch.from_numpy(sums / count)
-    total = torch.from_numpy(total)
-    return total / count - torch.outer(average, average)
+    average = sums / count
+    return torch.from_numpy(total / count - np.outer(average, average))
 
 
 def whitening_init(

@@ -25,9 +25,9 @@ def quiet(*_):
     pass
 
 
-def fit(recipe, out, arrays):
+def fit(recipe, out, arrays=None, **options):
     """Train quietly, without progress bars."""
-    return train(recipe, out=out, arrays=arrays, progress=False, log=quiet)
+    return train(recipe, out=out, arrays=arrays, progress=False, log=quiet, **options)
 
 
 def comparable(history):
@@ -56,9 +56,7 @@ def test_training_learns_the_synthetic_set(tmp_path):
     from cifar_lib.data import make_synthetic_cifar
 
     arrays = make_synthetic_cifar(train_per_class=100, test_per_class=20, seed=1)
-    result = train(
-        quick(epochs=4), out=tmp_path / "run", arrays=arrays, progress=False, log=quiet
-    )
+    result = fit(quick(epochs=4), tmp_path / "run", arrays)
     assert result.best_accuracy > 0.3  # chance is 0.1
     assert len(result.history) == 4
     for name in (
@@ -93,9 +91,7 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(
     tmp_path, synthetic, monkeypatch, extras
 ):
     recipe = quick(epochs=3, **extras)
-    whole = train(
-        recipe, out=tmp_path / "whole", arrays=synthetic, progress=False, log=quiet
-    )
+    whole = fit(recipe, tmp_path / "whole", synthetic)
 
     real_epoch = training.train_one_epoch
 
@@ -107,7 +103,7 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(
 
     monkeypatch.setattr(training, "train_one_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train(recipe, out=tmp_path / "cut", arrays=synthetic, progress=False, log=quiet)
+        fit(recipe, tmp_path / "cut", synthetic)
     assert len(json.loads((tmp_path / "cut" / "history.json").read_text())) == 1
     assert not (tmp_path / "cut" / "final_model.pt").exists()
     monkeypatch.setattr(training, "train_one_epoch", real_epoch)
@@ -141,7 +137,7 @@ def test_moving_average_is_what_is_evaluated_and_saved(tmp_path, synthetic):
 
 
 def test_resuming_a_finished_run_changes_nothing(tmp_path, synthetic):
-    train(quick(epochs=1), out=tmp_path, arrays=synthetic, progress=False, log=quiet)
+    fit(quick(epochs=1), tmp_path, synthetic)
     before = (tmp_path / "final_model.pt").read_bytes()
     messages = []
     resume(tmp_path, arrays=synthetic, progress=False, log=messages.append)
@@ -150,20 +146,11 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path, synthetic):
 
 
 def test_a_run_folder_is_never_overwritten_unless_asked(tmp_path, synthetic):
-    train(quick(epochs=1), out=tmp_path, arrays=synthetic, progress=False, log=quiet)
+    fit(quick(epochs=1), tmp_path, synthetic)
     with pytest.raises(RunFolderError, match="already holds a run"):
-        train(
-            quick(epochs=1), out=tmp_path, arrays=synthetic, progress=False, log=quiet
-        )
+        fit(quick(epochs=1), tmp_path, synthetic)
     (tmp_path / "notes.txt").write_text("mine")
-    train(
-        quick(epochs=1),
-        out=tmp_path,
-        arrays=synthetic,
-        progress=False,
-        log=quiet,
-        overwrite=True,
-    )
+    fit(quick(epochs=1), tmp_path, synthetic, overwrite=True)
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
@@ -185,9 +172,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_epoch(tmp_path, synthetic, monke
     with pytest.raises(
         TrainingDivergedError, match="became nan in epoch 2.*epoch 1 kept"
     ):
-        train(
-            quick(epochs=3), out=tmp_path, arrays=synthetic, progress=False, log=quiet
-        )
+        fit(quick(epochs=3), tmp_path, synthetic)
     state = checkpoints.load(tmp_path / "checkpoint.pt")
     assert state["epoch"] == 1
     assert all(
@@ -271,7 +256,7 @@ def test_files_that_are_not_checkpoints_are_refused(tmp_path):
 
 
 def test_truncated_checkpoint_is_refused(tmp_path, synthetic):
-    train(quick(epochs=1), out=tmp_path, arrays=synthetic, progress=False, log=quiet)
+    fit(quick(epochs=1), tmp_path, synthetic)
     data = (tmp_path / "checkpoint.pt").read_bytes()
     (tmp_path / "checkpoint.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="not a readable"):
@@ -281,7 +266,7 @@ def test_truncated_checkpoint_is_refused(tmp_path, synthetic):
 def test_weights_of_another_model_are_refused(tmp_path, synthetic):
     from torch import nn
 
-    train(quick(epochs=1), out=tmp_path, arrays=synthetic, progress=False, log=quiet)
+    fit(quick(epochs=1), tmp_path, synthetic)
     with pytest.raises(CheckpointError, match="do not fit this model"):
         checkpoints.load_weights(nn.Linear(2, 2), tmp_path / "best_model.pt")
 
@@ -315,19 +300,12 @@ def test_seed_out_of_range_is_refused():
 def test_overwrite_with_missing_data_keeps_the_old_run(tmp_path, synthetic):
     from cifar_lib.errors import DatasetError
 
-    train(quick(epochs=1), out=tmp_path, arrays=synthetic, progress=False, log=quiet)
+    fit(quick(epochs=1), tmp_path, synthetic)
     before = sorted(p.name for p in tmp_path.iterdir())
     broken = tmp_path.parent / f"{tmp_path.name}-data"
     (broken / "train").mkdir(parents=True)  # no test/: refused at once
     with pytest.raises(DatasetError):
-        train(
-            quick(epochs=1),
-            out=tmp_path,
-            data_dir=broken,
-            overwrite=True,
-            progress=False,
-            log=quiet,
-        )
+        fit(quick(epochs=1), tmp_path, data_dir=broken, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
@@ -342,9 +320,7 @@ def test_resume_reads_moved_data_from_data_dir(tmp_path, image_folder):
 
     moved = shutil.copytree(image_folder, tmp_path / "copy")
     run = tmp_path / "run"
-    train(
-        quick(epochs=2), out=run, data_dir=moved, progress=False, log=quiet, subset=40
-    )
+    fit(quick(epochs=2), run, data_dir=moved, subset=40)
     state = json.loads((run / "history.json").read_text())
     (run / "checkpoint.pt").unlink()  # as if killed before the first save
     shutil.rmtree(moved)
