@@ -1,11 +1,14 @@
 """Seconds per training epoch of the seed recipe (CIFAR10Netv2) on the full
-training set, in several implementations, one after the other in one process.
+training set, in several implementations, taking turns in one process.
 
     python benchmarks/epoch_time.py --data-dir ../shared/data/cifar10-jpeg75 \
-        --out results/cpu_epoch_times.json
+        --out results/cpu_epoch_times.json --repeats 2
 
 Each variant trains one epoch from scratch on all 50,000 training images and is
-evaluated once on the 10,000 test images; the JSON records both timings.
+evaluated once on the 10,000 test images; the JSON records both timings. With
+``--repeats N`` the variants take turns N times (a shared machine's speed drifts
+by 10% and more over minutes, so one epoch after the other can mislead); the
+JSON gives every timing and the median.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 import tempfile
 
 from cifar_lib import speed
@@ -30,39 +34,58 @@ VARIANTS = {
 }
 
 
+def one_epoch(change, arrays) -> dict:
+    """One epoch of the seed recipe with ``change``; its history row."""
+    recipe = get_recipe("seed", epochs=1, target=1.0)
+    # "numpy": FastDropout without its compiled kernel (speed._kernel = False)
+    speed._kernel = False if change == "numpy" else None
+    if change is None:
+        recipe = reference_implementation(recipe)
+    elif change != "numpy":
+        recipe = dataclasses.replace(recipe, **change)
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            result = train(recipe, out=folder, arrays=arrays, progress=False, log=print)
+    finally:
+        speed._kernel = None
+    row = result.history[0]
+    return {
+        "train_seconds": row["train_seconds"],
+        "epoch_seconds_with_evaluation": row["seconds"],
+        "test_accuracy": row["test_accuracy"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     arrays = load_cifar10(args.data_dir)
+    timings = {name: [] for name in VARIANTS}
+    for _ in range(args.repeats):
+        for name, change in VARIANTS.items():
+            timings[name].append(one_epoch(change, arrays))
+            print(name, json.dumps(timings[name][-1]), flush=True)
     rows = []
-    for name, change in VARIANTS.items():
-        recipe = get_recipe("seed", epochs=1, target=1.0)
-        # "numpy": FastDropout without its compiled kernel (speed._kernel = False)
-        speed._kernel = False if change == "numpy" else None
-        if change is None:
-            recipe = reference_implementation(recipe)
-        elif change != "numpy":
-            recipe = dataclasses.replace(recipe, **change)
-        with tempfile.TemporaryDirectory() as folder:
-            result = train(recipe, out=folder, arrays=arrays, progress=False, log=print)
-        speed._kernel = None
-        row = result.history[0]
+    for name, runs in timings.items():
         rows.append(
             {
                 "variant": name,
-                "train_seconds": row["train_seconds"],
-                "epoch_seconds_with_evaluation": row["seconds"],
-                "test_accuracy_after_one_epoch": row["test_accuracy"],
+                **{
+                    key: round(statistics.median(run[key] for run in runs), 2)
+                    for key in ("train_seconds", "epoch_seconds_with_evaluation")
+                },
+                "train_seconds_each_run": [run["train_seconds"] for run in runs],
+                "test_accuracy_after_one_epoch": runs[0]["test_accuracy"],
             }
         )
-        print(json.dumps(rows[-1]), flush=True)
     report = {
         "what": "one epoch of the seed recipe (CIFAR10Netv2) on 50,000 training images",
         "data": describe_data(arrays),
         **provenance(),
-        "runs": 1,
+        "runs": args.repeats,
         "variants": rows,
     }
     atomic_write_json(args.out, report)

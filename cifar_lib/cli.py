@@ -48,6 +48,7 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cifar_lib.models import MODELS
     from cifar_lib.train import RECIPES
 
     parser = argparse.ArgumentParser(
@@ -73,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder with CIFAR-10: an image folder (train/<class>/*, test/<class>/*) "
         "or torchvision's cifar-10-batches-py, downloaded there if missing "
         "(default: $CIFAR_LIB_DATA_DIR, else ./data)",
+    )
+    train.add_argument(
+        "--model", choices=sorted(MODELS), help="model (default: the recipe's)"
     )
     train.add_argument("--epochs", type=_positive_int, help="most epochs to train")
     train.add_argument("--batch-size", type=_positive_int, help="images per step")
@@ -196,7 +200,8 @@ def _train(args: argparse.Namespace) -> None:
     if args.workers is not None and args.workers < 0:
         raise ConfigError(f"--workers {args.workers} is out of range; use 0 or more.")
     if args.resume:
-        fixed = ("recipe", "epochs", "batch_size", "lr", "target", "seed", "subset")
+        fixed = ("recipe", "model", "epochs", "batch_size", "lr", "target", "seed")
+        fixed += ("subset",)
         fixed += ("out", "workers")
         changed = [
             f"--{name.replace('_', '-')}"
@@ -218,7 +223,7 @@ def _train(args: argparse.Namespace) -> None:
         return
     overrides = {
         name: getattr(args, name)
-        for name in ("epochs", "batch_size", "lr", "target", "seed")
+        for name in ("model", "epochs", "batch_size", "lr", "target", "seed")
         if getattr(args, name) is not None
     }
     recipe = dataclasses.replace(get_recipe(args.recipe or "seed"), **overrides)

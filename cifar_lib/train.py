@@ -182,13 +182,13 @@ _FAST = Recipe(
     model="CIFAR10ResNet",
     dropout=0.0,
     optimizer="sgd",
-    lr=0.1,
+    lr=0.05,
     weight_decay=5e-4,
     schedule="onecycle",
     epochs=8,
-    batch_size=64,  # twice the steps of batch 128 in the same 8 epochs
+    batch_size=32,  # 1,563 steps per epoch: more steps beat bigger ones in 8 epochs
     label_smoothing=0.1,
-    ema=0.998,  # averages over about the last 500 steps (782 per epoch)
+    ema=0.998,  # averages over about the last 500 steps (a third of an epoch)
     whiten_stem=True,
     augmentation=AugmentationConfig(scale=0.0, rotate=0.0, hole_p=0.0),
 )

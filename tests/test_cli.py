@@ -35,6 +35,8 @@ def test_train_end_to_end_on_a_tiny_subset(tmp_path, image_folder):
         "64",
         "--batch-size",
         "32",
+        "--model",
+        "CIFAR10ResNet",
         "--out",
         str(out),
         "--no-progress",
@@ -52,6 +54,7 @@ def test_train_end_to_end_on_a_tiny_subset(tmp_path, image_folder):
         assert (out / name).exists()
     settings = json.loads((out / "run.json").read_text())
     assert settings["data"]["subset"] == 64 and settings["recipe"]["epochs"] == 1
+    assert settings["recipe"]["model"] == "CIFAR10ResNet"
 
 
 def test_summary_reports_count_constraints_and_receptive_field(capsys):
@@ -133,6 +136,8 @@ def test_missing_folder_layout_is_one_sentence(tmp_path):
 def test_resume_refuses_changed_settings(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path), "--epochs", "3"]) == 2
     assert "cannot change a run being resumed" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path), "--model", "CIFAR10Netv2"]) == 2
+    assert "--model cannot change a run being resumed" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path), "--out", "x", "--overwrite"]) == 2
     assert "--out, --overwrite cannot change" in capsys.readouterr().err
 

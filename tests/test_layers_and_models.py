@@ -71,6 +71,21 @@ def test_constraints_pass_for_the_reference():
     assert "181,942" in report["parameters < 200,000"].detail
 
 
+@pytest.mark.parametrize(
+    ("name", "parameters", "field"),
+    [("CIFAR10ResNet", 194_666, 65), ("CIFAR10ResNetDeep", 195_818, 69)],
+)
+def test_residual_models_meet_every_constraint(name, parameters, field):
+    from cifar_lib.receptive_field import receptive_field
+
+    model = build_model(name)
+    assert count_parameters(model) == parameters
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    report = check_constraints(model)
+    assert report.passed, str(report)
+    assert receptive_field(model) == field
+
+
 class WithMaxPool(CIFAR10Netv2):
     def __init__(self):
         super().__init__()
