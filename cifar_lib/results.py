@@ -69,8 +69,9 @@ def results_markdown(results_dir: Path = ROOT / "results") -> str:
     if epochs:
         parts.append(
             f"**Seconds per training epoch**, seed recipe (CIFAR10Netv2), all 50,000 "
-            f"training images; {epochs['hardware']}; {epochs['runs']} run each, "
-            f"one after the other in one process; {epochs['date']}, commit "
+            f"training images; {epochs['hardware']}; {epochs['runs']} run(s) each, "
+            "the variants taking turns in one process, median shown; "
+            f"{epochs['date']}, commit "
             f"{epochs['commit']}; data: {epochs['data']}.\n"
         )
         rows = [
@@ -83,6 +84,21 @@ def results_markdown(results_dir: Path = ROOT / "results") -> str:
                 f"{variant['epoch_seconds_with_evaluation']:.1f} |"
             )
         parts.append("\n".join(rows))
+        by_kind = {v["variant"].split(" ")[0]: v for v in epochs["variants"]}
+        chosen, reference = by_kind.get("chosen"), by_kind.get("reference")
+        if chosen and reference and "train_seconds_each_run" in chosen:
+            rounds = zip(
+                reference["train_seconds_each_run"],
+                chosen["train_seconds_each_run"],
+                strict=True,
+            )
+            parts.append(
+                "Whole epochs: **"
+                f"{reference['train_seconds'] / chosen['train_seconds']:.2f}x** the "
+                "reference implementation (median times); round by round "
+                + ", ".join(f"{r / c:.2f}x" for r, c in rounds)
+                + "."
+            )
     bench = _load(results_dir, "bench_cpu_seed.json")
     if bench:
         parts.append(

@@ -196,7 +196,7 @@ RECIPES = {
     "seed": Recipe(),  # the reference solution's recipe, unchanged
     "fast": _FAST,
     # The same ingredients trained for longer, aiming at 92% (never run to the end
-    # yet: about 2 hours on 2 CPU cores). A long run underfits less, so it keeps
+    # yet: about 2.5 hours on 2 CPU cores). A long run underfits less, so it keeps
     # the reference's augmentation, and averages the weights over longer.
     "best": dataclasses.replace(
         _FAST,
