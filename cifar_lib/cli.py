@@ -201,8 +201,7 @@ def _train(args: argparse.Namespace) -> None:
         raise ConfigError(f"--workers {args.workers} is out of range; use 0 or more.")
     if args.resume:
         fixed = ("recipe", "model", "epochs", "batch_size", "lr", "target", "seed")
-        fixed += ("subset",)
-        fixed += ("out", "workers")
+        fixed += ("subset", "out", "workers")
         changed = [
             f"--{name.replace('_', '-')}"
             for name in fixed
