@@ -62,6 +62,29 @@ def _load(results_dir: Path, name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def epoch_speedups(epochs: dict) -> tuple[float, list[float]]:
+    """How many times faster the chosen implementation trains an epoch than the
+    reference, from ``cpu_epoch_times.json``: from the median times, and round by
+    round."""
+    kinds = {v["variant"].split(" ")[0]: v for v in epochs["variants"]}
+    chosen, reference = kinds["chosen"], kinds["reference"]
+    rounds = zip(
+        reference["train_seconds_each_run"],
+        chosen["train_seconds_each_run"],
+        strict=True,
+    )
+    median = reference["train_seconds"] / chosen["train_seconds"]
+    return median, [r / c for r, c in rounds]
+
+
+def bench_round_speedups(bench: dict) -> list[float]:
+    """The benchmark's end-to-end speed-up in each of its rounds
+    (``bench_cpu_seed.json``)."""
+    rounds = bench["all_rounds"]
+    pairs = zip(rounds["recipe"]["train"], rounds["reference"]["train"], strict=True)
+    return [ours / theirs for ours, theirs in pairs]
+
+
 def results_markdown(results_dir: Path = ROOT / "results") -> str:
     """The README's results section, from the JSON files in ``results_dir``."""
     parts = []
@@ -84,19 +107,12 @@ def results_markdown(results_dir: Path = ROOT / "results") -> str:
                 f"{variant['epoch_seconds_with_evaluation']:.1f} |"
             )
         parts.append("\n".join(rows))
-        by_kind = {v["variant"].split(" ")[0]: v for v in epochs["variants"]}
-        chosen, reference = by_kind.get("chosen"), by_kind.get("reference")
-        if chosen and reference and "train_seconds_each_run" in chosen:
-            rounds = zip(
-                reference["train_seconds_each_run"],
-                chosen["train_seconds_each_run"],
-                strict=True,
-            )
+        if "train_seconds_each_run" in epochs["variants"][0]:
+            median, rounds = epoch_speedups(epochs)
             parts.append(
-                "Whole epochs: **"
-                f"{reference['train_seconds'] / chosen['train_seconds']:.2f}x** the "
-                "reference implementation (median times); round by round "
-                + ", ".join(f"{r / c:.2f}x" for r, c in rounds)
+                f"Whole epochs: **{median:.2f}x** the reference implementation "
+                "(median times); round by round "
+                + ", ".join(f"{r:.2f}x" for r in rounds)
                 + "."
             )
     bench = _load(results_dir, "bench_cpu_seed.json")
