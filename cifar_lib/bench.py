@@ -22,8 +22,10 @@ from torch import nn
 from cifar_lib.data import CIFAR10Arrays
 from cifar_lib.train import (
     Recipe,
+    configure_device,
     make_loaders,
     make_optimizer,
+    mixed_precision,
     prepare_model,
     reference_implementation,
     set_epoch,
@@ -62,9 +64,8 @@ class _Setup:
         self.optimizer = make_optimizer(self.model, recipe)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
         self.train_loader, _ = make_loaders(recipe, arrays, None, device, None)
-        self.scaler = torch.amp.GradScaler(
-            "cuda", enabled=recipe.amp and device.type == "cuda"
-        )
+        self.amp_dtype, self.scaler = mixed_precision(recipe, device)
+        configure_device(device)
         images, labels = next(iter(self.train_loader))
         self.batch = images.to(device), labels.to(device)
 
@@ -80,6 +81,7 @@ class _Setup:
             self.device,
             progress=False,
             scaler=self.scaler,
+            amp_dtype=self.amp_dtype,
             **options,
         )
         _sync(self.device)
@@ -152,6 +154,7 @@ def run_benchmark(
     log(
         f"Recipe {recipe.name!r} on {device} ({threads} threads, "
         f"{platform.processor() or platform.machine()}), batch {recipe.batch_size}, "
+        f"mixed precision {setups['recipe'].amp_dtype or 'off'}, "
         f"median of {rounds} rounds of {steps} steps after {warmup} warm-up steps:"
     )
     labels = {
@@ -173,6 +176,7 @@ def run_benchmark(
         "device": str(device),
         "threads": threads,
         "batch_size": recipe.batch_size,
+        "mixed_precision": str(setups["recipe"].amp_dtype or "off"),
         "rounds": rounds,
         "steps": steps,
         "train_images_per_s": round(median["recipe"]["train"], 1),

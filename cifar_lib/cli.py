@@ -121,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace the run files in --out if it holds a run already",
     )
+    train.add_argument(
+        "--no-amp",
+        action="store_true",
+        help="float32 throughout on CUDA (mixed precision is on by default there)",
+    )
     train.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     summary = commands.add_parser(
@@ -155,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-compare", action="store_true", help="skip the reference implementation"
     )
     bench.add_argument(
+        "--no-amp",
+        action="store_true",
+        help="float32 throughout on CUDA (mixed precision is on by default there)",
+    )
+    bench.add_argument(
         "--out", help="also write the result, with date and hardware, to this JSON file"
     )
     return parser
@@ -176,6 +186,8 @@ def _bench(args: argparse.Namespace) -> None:
     recipe = get_recipe(args.recipe)
     if args.batch_size:
         recipe = dataclasses.replace(recipe, batch_size=args.batch_size)
+    if args.no_amp:
+        recipe = dataclasses.replace(recipe, amp=False)
     result = run_benchmark(
         recipe,
         select_device(args.device),
@@ -206,7 +218,9 @@ def _train(args: argparse.Namespace) -> None:
             f"--{name.replace('_', '-')}"
             for name in fixed
             if getattr(args, name) is not None
-        ] + (["--overwrite"] if args.overwrite else [])
+        ]
+        changed += ["--overwrite"] if args.overwrite else []
+        changed += ["--no-amp"] if args.no_amp else []
         if changed:
             raise ConfigError(
                 f"{', '.join(changed)} cannot change a run being resumed; --resume "
@@ -225,6 +239,8 @@ def _train(args: argparse.Namespace) -> None:
         for name in ("model", "epochs", "batch_size", "lr", "target", "seed")
         if getattr(args, name) is not None
     }
+    if args.no_amp:
+        overrides["amp"] = False
     recipe = dataclasses.replace(get_recipe(args.recipe or "seed"), **overrides)
     train(
         recipe,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -23,10 +24,13 @@ START = "<!-- results:start (made by python -m cifar_lib.results; do not edit) -
 END = "<!-- results:end -->"
 
 
-def hardware() -> str:
-    """The machine, in words: GPU name, or CPU model and threads."""
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} GPU"
+def hardware(device: torch.device | str | None = None) -> str:
+    """The machine, in words: GPU name, or CPU model and threads. ``device``:
+    the one that computes (default: a CUDA GPU if there is one)."""
+    device = torch.device(device) if device is not None else None
+    on_gpu = device.type == "cuda" if device is not None else torch.cuda.is_available()
+    if on_gpu:
+        return f"{torch.cuda.get_device_name(device)} GPU"
     model = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -38,8 +42,10 @@ def hardware() -> str:
     return f"{model}, {torch.get_num_threads()} threads, no GPU"
 
 
-def provenance() -> dict:
-    """Date, hardware, software and commit, to store beside a measurement."""
+def provenance(device: torch.device | str | None = None) -> dict:
+    """Date, hardware, software and commit, to store beside a measurement.
+    Where the working tree has no git history (a copy sent to another machine),
+    the commit is read from $CIFAR_LIB_COMMIT."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -51,9 +57,9 @@ def provenance() -> dict:
         commit = ""
     return {
         "date": time.strftime("%Y-%m-%d"),
-        "hardware": hardware(),
+        "hardware": hardware(device),
         "torch": torch.__version__,
-        "commit": commit or "unknown",
+        "commit": commit or os.environ.get("CIFAR_LIB_COMMIT") or "unknown",
     }
 
 
@@ -207,10 +213,13 @@ def record_run(
         seconds += row["seconds"]
         if reached is None and row["test_accuracy"] >= 0.85:
             reached = (row["epoch"], round(seconds, 1))
+    # where and when it trained (run.json of runs made before this was kept in it
+    # holds none: then this machine, now)
+    machine = settings.get("machine") or provenance()
     result = {
         "recipe": recipe["name"],
         "data": data or describe_data(arrays),
-        **provenance(),
+        **machine,
         "runs": 1,
         "model": recipe["model"],
         "parameters": count_parameters(model),

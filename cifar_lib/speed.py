@@ -331,7 +331,7 @@ class BatchAugment(nn.Module):
         shift = uniform(-c.shift, c.shift, (n, 2)).mul_(width).trunc_().div_(width)
         scale = uniform(1 - c.scale, 1 + c.scale)
         angle = torch.deg2rad(uniform(-c.rotate, c.rotate))
-        if warp.any():
+        if c.affine_p > 0:  # not warp.any(): that would wait for a GPU each step
             x = torch.where(warp.view(n, 1, 1, 1), _warp(x, shift, scale, angle), x)
 
         hole = chosen(c.hole_p)

@@ -45,6 +45,7 @@ from cifar_lib.data import (
 from cifar_lib.errors import ConfigError, RunFolderError, TrainingDivergedError
 from cifar_lib.files import atomic_save_figure, atomic_write_json
 from cifar_lib.models import MODELS, build_model
+from cifar_lib.results import provenance
 from cifar_lib.speed import BatchAugment, TensorBatchLoader, use_fast_dropout
 from cifar_lib.whitening import whitening_init
 
@@ -95,7 +96,9 @@ class Recipe:
     # "tensor": whole batches augmented on the training device (speed.BatchAugment,
     # the same distribution); "albumentations": image by image in the DataLoader.
     augmentation_backend: str = "tensor"
-    amp: bool = True  # float16 autocast on CUDA (ignored elsewhere)
+    # Mixed precision on CUDA (ignored elsewhere): bfloat16 autocast where the GPU
+    # has it (compute capability 8.0 on), else float16 with loss scaling.
+    amp: bool = True
     eval_batch_size: int = 1000
 
     def validate(self) -> Recipe:
@@ -300,16 +303,21 @@ def train_one_epoch(
     refresh_every: int = 20,
     scaler: torch.amp.GradScaler | None = None,
     ema: torch.optim.swa_utils.AveragedModel | None = None,
+    amp_dtype: torch.dtype | None = None,
 ) -> tuple[float, float]:
     """One pass over the training set; returns (mean loss, accuracy).
 
     Losses and correct counts are summed on the device; the progress bar reads
     them (a synchronisation) only every ``refresh_every`` steps. ``scheduler`` is
-    stepped after every batch (for per-step schedules such as one-cycle). An
-    enabled ``scaler`` turns on float16 autocast (CUDA). ``ema``, if given, is
+    stepped after every batch (for per-step schedules such as one-cycle).
+    ``amp_dtype`` turns on autocast to that dtype; an enabled ``scaler`` scales
+    the loss (float16; alone it means float16 autocast). ``ema``, if given, is
     updated after every optimiser step.
     """
-    use_amp = scaler is not None and scaler.is_enabled()
+    scaled = scaler is not None and scaler.is_enabled()
+    if amp_dtype is None and scaled:
+        amp_dtype = torch.float16
+    use_amp = amp_dtype is not None
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -317,11 +325,11 @@ def train_one_epoch(
     bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not progress)
     for step, (images, labels) in enumerate(bar, 1):
         images, labels = _to_device(images, labels, device, channels_last)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             logits = model(images)
             loss = criterion(logits, labels)
         optimizer.zero_grad(set_to_none=True)
-        if use_amp:
+        if scaled:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
@@ -503,6 +511,7 @@ def train(
                 "num_workers": num_workers,
             },
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "machine": provenance(torch_device),
         },
     )
     return _fit(
@@ -571,6 +580,7 @@ class _Run:
     progress: bool
     scaler: torch.amp.GradScaler | None = None
     ema: torch.optim.swa_utils.AveragedModel | None = None
+    amp_dtype: torch.dtype | None = None
     history: list[dict] = field(default_factory=list)
     best_accuracy: float = 0.0
 
@@ -593,6 +603,8 @@ def _fit(
     model = prepare_model(recipe, device, images)
     optimizer = make_optimizer(model, recipe)
     scheduler, per_step = make_scheduler(optimizer, recipe, len(train_loader))
+    amp_dtype, scaler = mixed_precision(recipe, device)
+    configure_device(device)
     run = _Run(
         recipe,
         run_dir,
@@ -604,10 +616,9 @@ def _fit(
         test_loader,
         device,
         progress,
-        scaler=torch.amp.GradScaler(
-            "cuda", enabled=recipe.amp and device.type == "cuda"
-        ),
+        scaler=scaler,
         ema=make_ema(model, recipe),
+        amp_dtype=amp_dtype,
     )
     start_epoch = 1
     state_path = run_dir / "checkpoint.pt"
@@ -707,10 +718,74 @@ def make_ema(
     statistics that ``recipe.ema`` asks for (None when it is 0)."""
     if not recipe.ema:
         return None
-    swa = torch.optim.swa_utils
-    return swa.AveragedModel(
-        model, multi_avg_fn=swa.get_ema_multi_avg_fn(recipe.ema), use_buffers=True
-    )
+    return ExponentialMovingAverage(model, recipe.ema)
+
+
+class ExponentialMovingAverage(torch.optim.swa_utils.AveragedModel):
+    """``AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay),
+    use_buffers=True)``: the same numbers and the same state dict, updated without
+    waiting for the GPU. (``AveragedModel`` copies its CPU step counter to the GPU
+    after every step, and such a copy waits until the GPU has finished all the
+    work queued so far, so the CPU can no longer run ahead of it.)"""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        swa = torch.optim.swa_utils
+        super().__init__(
+            model, multi_avg_fn=swa.get_ema_multi_avg_fn(decay), use_buffers=True
+        )
+        self.decay = decay
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        averaged = [*self.module.parameters(), *self.module.buffers()]
+        current = [t.detach() for t in (*model.parameters(), *model.buffers())]
+        if self.n_averaged.device.type != "cpu":  # moved by .to(): keep it here
+            self.n_averaged = self.n_averaged.cpu()
+        if int(self.n_averaged) == 0:
+            torch._foreach_copy_(averaged, current)
+        else:
+            floats = [t.is_floating_point() for t in averaged]
+            torch._foreach_lerp_(
+                [a for a, f in zip(averaged, floats, strict=True) if f],
+                [c for c, f in zip(current, floats, strict=True) if f],
+                1 - self.decay,
+            )
+            # BatchNorm's step counters (integers), as AveragedModel does them, but
+            # in four calls rather than four per layer
+            counters = [a for a, f in zip(averaged, floats, strict=True) if not f]
+            if counters:
+                now = [c for c, f in zip(current, floats, strict=True) if not f]
+                mixed = torch._foreach_add(
+                    torch._foreach_mul(counters, self.decay),
+                    torch._foreach_mul(now, 1 - self.decay),
+                )
+                torch._foreach_copy_(counters, mixed)
+        self.n_averaged += 1
+
+
+def mixed_precision(
+    recipe: Recipe, device: torch.device
+) -> tuple[torch.dtype | None, torch.amp.GradScaler]:
+    """(autocast dtype or None, loss scaler) for ``recipe`` on ``device``.
+
+    On CUDA with ``recipe.amp``: bfloat16 where the GPU has it (compute capability
+    8.0 on: A100, H100, RTX 30xx on), which keeps float32's exponent range and so
+    needs no loss scaling (a GradScaler reads an overflow flag back from the GPU
+    after every step); float16 with a GradScaler on older GPUs (a Colab T4).
+    Off on other devices: CPUs gain nothing from it here."""
+    off = torch.amp.GradScaler("cuda", enabled=False)
+    if not (recipe.amp and device.type == "cuda"):
+        return None, off
+    if torch.cuda.get_device_capability(device) >= (8, 0):
+        return torch.bfloat16, off
+    return torch.float16, torch.amp.GradScaler("cuda")
+
+
+def configure_device(device: torch.device) -> None:
+    """On CUDA let cuDNN time its convolution algorithms for the shapes it meets
+    and pick the fastest (the shapes here are fixed)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
 
 def prepare_model(
@@ -753,6 +828,7 @@ def _train_and_evaluate(run: _Run, epoch: int) -> dict:
         progress=run.progress,
         scaler=run.scaler,
         ema=run.ema,
+        amp_dtype=run.amp_dtype,
     )
     train_seconds = time.perf_counter() - started
     test_loss, test_accuracy = evaluate(

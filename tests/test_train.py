@@ -326,3 +326,72 @@ def test_resume_reads_moved_data_from_data_dir(tmp_path, image_folder):
     shutil.rmtree(moved)
     result = resume(run, data_dir=image_folder, progress=False, log=quiet)
     assert comparable(result.history) == comparable(state)
+
+
+def test_moving_average_matches_torch_averaged_model():
+    """ExponentialMovingAverage gives AveragedModel's EMA exactly, buffers and
+    BatchNorm step counters included, and the same state dict keys."""
+    from cifar_lib.models import CIFAR10ResNet
+
+    torch.manual_seed(0)
+    model = CIFAR10ResNet()
+    swa = torch.optim.swa_utils
+    theirs = swa.AveragedModel(
+        model, multi_avg_fn=swa.get_ema_multi_avg_fn(0.9), use_buffers=True
+    )
+    ours = training.ExponentialMovingAverage(model, 0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(4):
+        loss = model(torch.randn(8, 3, 32, 32)).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        theirs.update_parameters(model)
+        ours.update_parameters(model)
+    a, b = theirs.state_dict(), ours.state_dict()
+    assert list(a) == list(b)
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert int(b["n_averaged"]) == 4
+    # and not merely equal to the model: the average lags behind it
+    assert not torch.equal(b["module.fc.weight"], model.state_dict()["fc.weight"])
+
+
+def test_moving_average_keeps_its_counter_on_the_cpu():
+    """The step counter stays a CPU tensor even after .to(), so that reading it
+    never waits for a GPU."""
+    from cifar_lib.models import CIFAR10ResNet
+
+    ema = training.ExponentialMovingAverage(CIFAR10ResNet(), 0.5).to(torch.float64)
+    ema.update_parameters(CIFAR10ResNet().to(torch.float64))
+    assert ema.n_averaged.device.type == "cpu" and int(ema.n_averaged) == 1
+
+
+def test_mixed_precision_is_off_on_the_cpu():
+    recipe = get_recipe("fast")
+    dtype, scaler = training.mixed_precision(recipe, torch.device("cpu"))
+    assert dtype is None and not scaler.is_enabled()
+    off = dataclasses.replace(recipe, amp=False)
+    assert training.mixed_precision(off, torch.device("cpu"))[0] is None
+
+
+def test_autocast_dtype_is_applied_in_training(synthetic):
+    """amp_dtype reaches the forward pass (bfloat16 autocast works on a CPU too,
+    so the path the GPU takes is exercised here)."""
+    recipe = get_recipe("fast", batch_size=16)
+    device = torch.device("cpu")
+    seen = []
+    model = training.prepare_model(recipe, device, synthetic.train_images)
+    model.fc.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    loader = training.make_loaders(recipe, synthetic, 64, device, 0)[0]
+    optimizer = training.make_optimizer(model, recipe)
+    loss, _ = training.train_one_epoch(
+        model,
+        loader,
+        optimizer,
+        torch.nn.CrossEntropyLoss(),
+        device,
+        progress=False,
+        amp_dtype=torch.bfloat16,
+    )
+    assert seen and set(seen) == {torch.bfloat16}
+    assert loss == loss  # finite, not NaN
