@@ -37,13 +37,23 @@ VARIANTS = {
 }
 
 
-def record(out_dir: Path, name: str, recipe: dict, history: list, arrays) -> None:
+def record(
+    out_dir: Path,
+    name: str,
+    recipe: dict,
+    history: list,
+    arrays,
+    machine: dict | None = None,
+    data: str | None = None,
+) -> None:
+    """``machine``: where the run trained (its run.json), if not here and now;
+    ``data``: how to name the data (default: described from ``arrays``)."""
     atomic_write_json(
         out_dir / f"{name}.json",
         {
             "variant": name,
-            "data": describe_data(arrays),
-            **provenance(),
+            "data": data or describe_data(arrays),
+            **(machine or provenance()),
             "runs": 1,
             "recipe_settings": recipe,
             "best_accuracy": max(row["test_accuracy"] for row in history),
@@ -53,10 +63,11 @@ def record(out_dir: Path, name: str, recipe: dict, history: list, arrays) -> Non
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--only", nargs="*", choices=sorted(VARIANTS))
     parser.add_argument("--from-run", nargs=2, metavar=("RUN_FOLDER", "NAME"))
+    parser.add_argument("--data", help="how to name the data in the results")
     args = parser.parse_args()
     arrays = load_cifar10(args.data_dir)
     out_dir = ROOT / "results" / "ablations"
@@ -65,13 +76,14 @@ def main() -> None:
         run, name = Path(args.from_run[0]), args.from_run[1]
         settings = json.loads((run / "run.json").read_text())
         history = json.loads((run / "history.json").read_text())
-        record(out_dir, name, settings["recipe"], history, arrays)
+        machine = settings.get("machine")
+        record(out_dir, name, settings["recipe"], history, arrays, machine, args.data)
         return
     for name in args.only or VARIANTS:
         recipe = VARIANTS[name]()
         with tempfile.TemporaryDirectory() as folder:
             result = train(recipe, out=Path(folder), arrays=arrays, progress=False)
-        record(out_dir, name, recipe.to_dict(), result.history, arrays)
+        record(out_dir, name, recipe.to_dict(), result.history, arrays, None, args.data)
 
 
 if __name__ == "__main__":

@@ -44,22 +44,26 @@ def hardware(device: torch.device | str | None = None) -> str:
 
 def provenance(device: torch.device | str | None = None) -> dict:
     """Date, hardware, software and commit, to store beside a measurement.
-    Where the working tree has no git history (a copy sent to another machine),
-    the commit is read from $CIFAR_LIB_COMMIT."""
+    $CIFAR_LIB_COMMIT, where set, names the commit (a copy of the working tree
+    sent to another machine may carry no git history, or a stale one)."""
+    commit = os.environ.get("CIFAR_LIB_COMMIT", "")
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-        ).stdout.strip()
+        commit = (
+            commit
+            or subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+            ).stdout.strip()
+        )
     except OSError:  # no git on this machine
         commit = ""
     return {
         "date": time.strftime("%Y-%m-%d"),
         "hardware": hardware(device),
         "torch": torch.__version__,
-        "commit": commit or os.environ.get("CIFAR_LIB_COMMIT") or "unknown",
+        "commit": commit or "unknown",
     }
 
 
@@ -136,6 +140,32 @@ def results_markdown(results_dir: Path = ROOT / "results") -> str:
             f"{bench['reference_model_images_per_s']:.0f} |\n\n"
             f"End to end: **{bench['speedup']:.2f}x** the reference implementation."
         )
+    gpu = sorted((results_dir / "gpu").glob("bench_*.json"))
+    if gpu:
+        runs = [json.loads(path.read_text()) for path in gpu]
+        first = runs[0]
+        rows = [
+            "| recipe | batch | mixed precision | end to end | data pipeline | "
+            "model step | reference end to end | speed-up |",
+            "|---|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for b in runs:
+            reference = b.get("reference_train_images_per_s")
+            compared = (
+                f"{reference:.0f} | {b['speedup']:.2f}x |" if reference else "- | - |"
+            )
+            rows.append(
+                f"| {b['recipe']} | {b['batch_size']} | "
+                f"{b['mixed_precision'].removeprefix('torch.')} | "
+                f"{b['train_images_per_s']:.0f} | {b['data_images_per_s']:.0f} | "
+                f"{b['model_images_per_s']:.0f} | " + compared
+            )
+        parts.append(
+            f"**On a GPU**: training images per second (`python -m cifar_lib bench "
+            f"--device cuda`), median of {first['rounds']} rounds; "
+            f"{first['hardware']}; {first['date']}, commit {first['commit']}; "
+            "one benchmark run each (`results/gpu/`).\n\n" + "\n".join(rows)
+        )
     recipes = [
         results_dir / f"{name}.json"
         for name in ("seed", "fast", "best")
@@ -159,18 +189,25 @@ def results_markdown(results_dir: Path = ROOT / "results") -> str:
     ablations = sorted((results_dir / "ablations").glob("*.json"))
     if ablations:
         rows = [
-            "| variant | epochs | best test accuracy | data | hardware | date |",
-            "|---|---:|---:|---|---|---|",
+            "| variant | epochs | best test accuracy | raw weights | data | hardware "
+            "| date |",
+            "|---|---:|---:|---:|---|---|---|",
         ]
         for path in ablations:
             r = json.loads(path.read_text())
+            raw = [
+                row["raw_test_accuracy"]
+                for row in r["history"]
+                if "raw_test_accuracy" in row
+            ]
             rows.append(
                 f"| {r['variant']} | {len(r['history'])} | {r['best_accuracy']:.2%} | "
-                f"{r['data']} | {r['hardware']} | {r['date']} |"
+                + (f"{max(raw):.2%}" if raw else "-")
+                + f" | {r['data']} | {r['hardware']} | {r['date']} |"
             )
         parts.append(
-            "**Earlier settings of the fast recipe** (`results/ablations/`, "
-            "notebook 06).\n\n" + "\n".join(rows)
+            "**Other runs**: earlier settings of the fast recipe, other seeds, the "
+            "runs on a GPU (`results/ablations/`, notebook 06).\n\n" + "\n".join(rows)
         )
     if not parts:
         parts.append("No measured results yet.")
@@ -182,11 +219,14 @@ def record_run(
     results_dir: Path = ROOT / "results",
     pretrained_dir: Path = ROOT / "pretrained",
     data: str | None = None,
+    data_dir: str | Path | None = None,
 ) -> dict:
     """Turn a finished run folder into ``results/<recipe>.json`` and
     ``pretrained/<recipe>.pt`` (the best epoch's state dict, loadable with
     ``weights_only=True``). The best weights are evaluated again on the test set,
-    plain and with horizontal-flip test-time augmentation."""
+    plain and with horizontal-flip test-time augmentation. ``data_dir``: where
+    the data is now, if not where the run read it (a run made on another
+    machine)."""
     from cifar_lib import checkpoints
     from cifar_lib.data import load_cifar10
     from cifar_lib.files import atomic_write
@@ -202,7 +242,7 @@ def record_run(
     if not state["finished"]:
         raise ValueError(f"{run_dir} has not finished; resume it first")
     recipe = settings["recipe"]
-    arrays = load_cifar10(settings["data"]["location"])
+    arrays = load_cifar10(data_dir or settings["data"]["location"])
     model = load_trained_model(run_dir / "best_model.pt")
     device = next(model.parameters()).device
     test = TensorBatchLoader(arrays.test_images, arrays.test_labels, 1000, device)
@@ -256,8 +296,9 @@ def updated_readme(readme: str, results_dir: Path = ROOT / "results") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         description="Rewrite README.md's results block from results/ (after "
-        "recording finished runs given with --record)."
+        "recording finished runs given with --record).",
     )
     parser.add_argument("--check", action="store_true", help="only report staleness")
     parser.add_argument(
@@ -269,9 +310,12 @@ def main(argv: list[str] | None = None) -> int:
         "pretrained/<recipe>.pt first",
     )
     parser.add_argument("--data", help="how to name the data in the results")
+    parser.add_argument(
+        "--data-dir", help="where the data is, if not where the run read it"
+    )
     args = parser.parse_args(argv)
     for run_dir in args.record:
-        result = record_run(run_dir, data=args.data)
+        result = record_run(run_dir, data=args.data, data_dir=args.data_dir)
         print(f"recorded {run_dir}: best {result['best_accuracy']:.2%}")
     readme_path = ROOT / "README.md"
     readme = readme_path.read_text()

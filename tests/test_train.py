@@ -395,3 +395,19 @@ def test_autocast_dtype_is_applied_in_training(synthetic):
     )
     assert seen and set(seen) == {torch.bfloat16}
     assert loss == loss  # finite, not NaN
+
+
+def test_no_weight_decay_on_norms_and_biases():
+    from cifar_lib.models import CIFAR10ResNet
+
+    model = CIFAR10ResNet()
+    recipe = get_recipe("fast", decay_norms_and_biases=False)
+    decayed, free = training.make_optimizer(model, recipe).param_groups
+    assert decayed["weight_decay"] == recipe.weight_decay > 0
+    assert free["weight_decay"] == 0
+    assert all(p.ndim == 4 or p.ndim == 2 for p in decayed["params"])
+    bn = model.get_submodule("stem.1")
+    assert any(p is bn.weight for p in free["params"])
+    assert len(decayed["params"]) + len(free["params"]) == len(list(model.parameters()))
+    (only,) = training.make_optimizer(model, get_recipe("fast")).param_groups
+    assert len(only["params"]) == len(list(model.parameters()))
