@@ -217,7 +217,8 @@ RECIPES = {
     # (88.26% with the raw weights) on an H100, results/best.json; 92% is not met.
     # A long run underfits less, so it keeps the reference's augmentation. Batch
     # 256: a GPU step costs about the same at any batch size here (kernel launches),
-    # so 50 epochs take about 2 minutes on the H100 (batch 32: 19 s an epoch).
+    # so its 50 epochs took 119 s on the H100 while another run shared the card
+    # (the fast recipe at batch 32: 18-25 s an epoch, alone).
     "best": dataclasses.replace(
         _FAST,
         name="best",
