@@ -47,18 +47,16 @@ def provenance(device: torch.device | str | None = None) -> dict:
     $CIFAR_LIB_COMMIT, where set, names the commit (a copy of the working tree
     sent to another machine may carry no git history, or a stale one)."""
     commit = os.environ.get("CIFAR_LIB_COMMIT", "")
-    try:
-        commit = (
-            commit
-            or subprocess.run(
+    if not commit:
+        try:
+            commit = subprocess.run(
                 ["git", "rev-parse", "--short", "HEAD"],
                 capture_output=True,
                 text=True,
                 cwd=ROOT,
             ).stdout.strip()
-        )
-    except OSError:  # no git on this machine
-        commit = ""
+        except OSError:  # no git on this machine
+            pass
     return {
         "date": time.strftime("%Y-%m-%d"),
         "hardware": hardware(device),

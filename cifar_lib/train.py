@@ -330,13 +330,11 @@ def train_one_epoch(
     Losses and correct counts are summed on the device; the progress bar reads
     them (a synchronisation) only every ``refresh_every`` steps. ``scheduler`` is
     stepped after every batch (for per-step schedules such as one-cycle).
-    ``amp_dtype`` turns on autocast to that dtype; an enabled ``scaler`` scales
-    the loss (float16; alone it means float16 autocast). ``ema``, if given, is
-    updated after every optimiser step.
+    ``amp_dtype`` turns on autocast to that dtype and an enabled ``scaler`` scales
+    the loss (both from ``mixed_precision``). ``ema``, if given, is updated after
+    every optimiser step.
     """
     scaled = scaler is not None and scaler.is_enabled()
-    if amp_dtype is None and scaled:
-        amp_dtype = torch.float16
     use_amp = amp_dtype is not None
     model.train()
     loss_sum = torch.zeros((), device=device)

@@ -37,6 +37,7 @@ def test_train_end_to_end_on_a_tiny_subset(tmp_path, image_folder):
         "32",
         "--model",
         "CIFAR10ResNet",
+        "--amp",
         "--out",
         str(out),
         "--no-progress",
@@ -55,6 +56,7 @@ def test_train_end_to_end_on_a_tiny_subset(tmp_path, image_folder):
     settings = json.loads((out / "run.json").read_text())
     assert settings["data"]["subset"] == 64 and settings["recipe"]["epochs"] == 1
     assert settings["recipe"]["model"] == "CIFAR10ResNet"
+    assert settings["recipe"]["amp"] is True  # recorded; ignored on a CPU
 
 
 def test_summary_reports_count_constraints_and_receptive_field(capsys):
@@ -138,6 +140,8 @@ def test_resume_refuses_changed_settings(tmp_path, capsys):
     assert "cannot change a run being resumed" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path), "--model", "CIFAR10Netv2"]) == 2
     assert "--model cannot change a run being resumed" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path), "--amp"]) == 2
+    assert "--amp cannot change a run being resumed" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path), "--out", "x", "--overwrite"]) == 2
     assert "--out, --overwrite cannot change" in capsys.readouterr().err
 

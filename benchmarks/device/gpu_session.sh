@@ -47,17 +47,17 @@ $TRAIN --recipe fast --epochs 1 --subset 2000 --out $RUNS/smoke || exit 1
 
 stamp "benchmarks (GPU otherwise idle)"
 BENCH="python3 -m cifar_lib bench --device cuda --rounds 3"
-$BENCH --recipe fast --steps 300 --out "$OUT/bench_gpu_fast.json"
-$BENCH --recipe fast --steps 300 --no-amp --no-compare \
-    --out "$OUT/bench_gpu_fast_fp32.json"
+$BENCH --recipe fast --steps 300 --out "$OUT/bench_gpu_fast_fp32.json"
+$BENCH --recipe fast --steps 300 --amp --no-compare \
+    --out "$OUT/bench_gpu_fast_amp.json"
 $BENCH --recipe seed --steps 100 --out "$OUT/bench_gpu_seed.json"
 AMP=$(python3 -c "
 import json
-amp = json.load(open('$OUT/bench_gpu_fast.json'))['train_images_per_s']
+amp = json.load(open('$OUT/bench_gpu_fast_amp.json'))['train_images_per_s']
 fp32 = json.load(open('$OUT/bench_gpu_fast_fp32.json'))['train_images_per_s']
-print('' if amp >= fp32 else '--no-amp')
+print('--amp' if amp > fp32 else '')
 ")
-stamp "mixed precision for the runs: ${AMP:-on (bfloat16)}"
+stamp "mixed precision for the runs: ${AMP:-off}"
 
 pack() {
     tar czf "$OUT/runs.tmp" -C $RUNS --exclude=final_model.pt --exclude='*.png' . \
