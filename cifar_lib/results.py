@@ -39,7 +39,8 @@ def hardware(device: torch.device | str | None = None) -> str:
                 break
     except OSError:
         pass
-    return f"{model}, {torch.get_num_threads()} threads, no GPU"
+    threads = torch.get_num_threads()
+    return f"{model}, {threads} thread{'s' if threads > 1 else ''}, no GPU"
 
 
 def provenance(device: torch.device | str | None = None) -> dict:

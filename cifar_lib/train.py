@@ -179,13 +179,13 @@ class Recipe:
     def describe(self) -> str:
         """The recipe as 'name = value' lines, printed at the start of a run."""
         lines = [f"Recipe {self.name!r}:"]
-        for key, value in self.to_dict().items():
-            if key != "augmentation":
-                lines.append(f"  {key:<16} = {value}")
-        augmentation = ", ".join(
+        values = self.to_dict()
+        values["augmentation"] = ", ".join(
             f"{k}={v}" for k, v in asdict(self.augmentation).items()
         )
-        lines.append(f"  {'augmentation':<16} = {augmentation}")
+        width = max(map(len, values))
+        for key, value in values.items():
+            lines.append(f"  {key:<{width}} = {value}")
         return "\n".join(lines)
 
 
