@@ -55,3 +55,14 @@ def test_record_run_writes_results_and_loadable_weights(tmp_path, image_folder):
     build_model("CIFAR10Netv2").load_state_dict(state)
     table = results_markdown(tmp_path / "results")
     assert "| seed |" in table and "toy" in table
+
+
+def test_hardware_names_the_cpu_threads(monkeypatch):
+    import torch
+
+    from cifar_lib.results import hardware
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert hardware("cpu").endswith(", 1 thread, no GPU")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert hardware("cpu").endswith(", 2 threads, no GPU")

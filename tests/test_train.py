@@ -411,3 +411,11 @@ def test_no_weight_decay_on_norms_and_biases():
     assert len(decayed["params"]) + len(free["params"]) == len(list(model.parameters()))
     (only,) = training.make_optimizer(model, get_recipe("fast")).param_groups
     assert len(only["params"]) == len(list(model.parameters()))
+
+
+def test_describe_puts_every_value_in_one_column():
+    lines = get_recipe("fast").describe().splitlines()[1:]
+    assert any(line.split()[0] == "decay_norms_and_biases" for line in lines)
+    assert len({line.index(" = ") for line in lines}) == 1
+    assert lines[-1].split()[0] == "eval_batch_size"  # every field, in field order
+    assert "augmentation" in {line.split()[0] for line in lines}
