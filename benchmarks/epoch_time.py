@@ -27,8 +27,13 @@ from cifar_lib.results import provenance
 from cifar_lib.train import get_recipe, reference_implementation, train
 
 VARIANTS = {
-    "chosen (channels_last, FastDropout, batched tensor augmentation)": {},
-    "FastDropout masks from NumPy (no Numba kernel), otherwise as chosen": "numpy",
+    "chosen (channels_last, FusedBatchNormReLU, FastDropout, batched tensor "
+    "augmentation)": {},
+    "BatchNorm, ReLU and FastDropout one by one, otherwise as chosen": {
+        "fuse_norm_relu": False
+    },
+    "no Numba (layers one by one, FastDropout masks from NumPy), otherwise as "
+    "chosen": "numpy",
     "PyTorch default layout (NCHW), otherwise as chosen": {"channels_last": False},
     "reference implementation (NCHW, nn.Dropout, albumentations per image)": None,
 }
@@ -37,8 +42,10 @@ VARIANTS = {
 def one_epoch(change, arrays) -> dict:
     """One epoch of the seed recipe with ``change``; its history row."""
     recipe = get_recipe("seed", epochs=1, target=1.0)
-    # "numpy": FastDropout without its compiled kernel (speed._kernel = False)
+    # "numpy": no compiled kernel (speed._kernel = False): the fused layer runs
+    # BatchNorm, ReLU and FastDropout one by one, FastDropout draws with NumPy
     speed._kernel = False if change == "numpy" else None
+    speed._fused = None
     if change is None:
         recipe = reference_implementation(recipe)
     elif change != "numpy":
@@ -47,7 +54,7 @@ def one_epoch(change, arrays) -> dict:
         with tempfile.TemporaryDirectory() as folder:
             result = train(recipe, out=folder, arrays=arrays, progress=False, log=print)
     finally:
-        speed._kernel = None
+        speed._kernel = speed._fused = None
     row = result.history[0]
     return {
         "train_seconds": row["train_seconds"],

@@ -161,9 +161,11 @@ def run_benchmark(
         "recipe": (
             f"this implementation (channels_last={recipe.channels_last}, "
             f"fast_dropout={recipe.fast_dropout}, "
+            f"fuse_norm_relu={recipe.fuse_norm_relu}, "
             f"augmentation={recipe.augmentation_backend})"
         ),
-        "reference": "reference implementation (NCHW, nn.Dropout, albumentations "
+        "reference": "reference implementation (NCHW, BatchNorm, ReLU and nn.Dropout "
+        "one by one, albumentations "
         "image by image, loss read back every step)",
     }
     for name, parts in median.items():

@@ -123,8 +123,84 @@ def _compile_kernel():
         for j in numba.prange(src.size):
             dst[j] = src[j] * scale if ref[j] > zero else zero
 
+    # --- BatchNorm, ReLU and dropout in two passes each way (FusedBatchNormReLU) ---
+    # x is a (rows, channels) view of a channels-last activation: row i is one
+    # pixel of one image, so channel j's statistics are column j's. Sums are kept
+    # in float64, one partial sum per block of rows, added up at the end.
+
+    @numba.njit(parallel=True, cache=True)
+    def column_moments(x, blocks):  # pragma: no cover (JIT)
+        # sums of x and of x * x over each column
+        rows, cols = x.shape
+        part = np.zeros((blocks, 2, cols))
+        size = -(-rows // blocks)
+        for k in numba.prange(blocks):
+            s0, s1 = np.zeros(cols), np.zeros(cols)
+            for i in range(k * size, min(rows, (k + 1) * size)):
+                for j in range(cols):
+                    v = np.float64(x[i, j])
+                    s0[j] += v
+                    s1[j] += v * v
+            part[k, 0], part[k, 1] = s0, s1
+        return part.sum(axis=0)
+
+    @numba.njit(parallel=True, cache=True)
+    def affine_relu(x, out, a, b):  # pragma: no cover (JIT)
+        # out = max(x * a + b, 0), a and b per column
+        rows, cols = x.shape
+        for i in numba.prange(rows):
+            for j in range(cols):
+                v = x[i, j] * a[j] + b[j]
+                out[i, j] = v if v > zero else zero
+
+    @numba.njit(parallel=True, cache=True)
+    def affine_relu_dropout(x, out, a, b, seed, threshold, scale):  # pragma: no cover
+        # the same, then dropout: row i, column j meets 16-bit draw j % 4 of
+        # SplitMix64's output number i * ceil(cols / 4) + j // 4 + 1
+        rows, cols = x.shape
+        words = (cols + 3) // 4
+        for i in numba.prange(rows):
+            for w in range(words):
+                z = splitmix64(seed, i * words + w)
+                for k in range(min(4, cols - 4 * w)):
+                    j = 4 * w + k
+                    v = x[i, j] * a[j] + b[j]
+                    keep = (z >> np.uint64(16 * k)) & low16 >= threshold
+                    out[i, j] = v * scale if v > zero and keep else zero
+
+    @numba.njit(parallel=True, cache=True)
+    def gradient_moments(grad, out, x, mean, blocks):  # pragma: no cover (JIT)
+        # sums over each column of g and g * (x - mean), g = grad where out > 0
+        rows, cols = x.shape
+        part = np.zeros((blocks, 2, cols))
+        size = -(-rows // blocks)
+        for k in numba.prange(blocks):
+            s0, s1 = np.zeros(cols), np.zeros(cols)
+            for i in range(k * size, min(rows, (k + 1) * size)):
+                for j in range(cols):
+                    g = np.float64(grad[i, j] if out[i, j] > zero else zero)
+                    s0[j] += g
+                    s1[j] += g * (x[i, j] - mean[j])
+            part[k, 0], part[k, 1] = s0, s1
+        return part.sum(axis=0)
+
+    @numba.njit(parallel=True, cache=True)
+    def input_gradient(grad, out, x, dx, p, q, r):  # pragma: no cover (JIT)
+        # dx = p * grad (where out > 0, else 0) + q * x + r, per column
+        rows, cols = x.shape
+        for i in numba.prange(rows):
+            for j in range(cols):
+                g = grad[i, j] * p[j] if out[i, j] > zero else zero
+                dx[i, j] = g + q[j] * x[i, j] + r[j]
+
     return SimpleNamespace(
-        masked_scale=masked_scale, scale_where_positive=scale_where_positive
+        masked_scale=masked_scale,
+        scale_where_positive=scale_where_positive,
+        column_moments=column_moments,
+        affine_relu=affine_relu,
+        affine_relu_dropout=affine_relu_dropout,
+        gradient_moments=gradient_moments,
+        input_gradient=input_gradient,
     )
 
 
@@ -252,15 +328,20 @@ class FastDropout(nn.Dropout):
         return super().extra_repr() + (", after_relu=True" if self.after_relu else "")
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p in (0, 1) or x.device.type != "cpu":
-            return super().forward(x)
-        if x.dtype == torch.float32 and _get_kernel() is not None:
-            if self.after_relu:
-                return _CompiledDropoutAfterReLU.apply(x, self.p)
-            return _CompiledDropout.apply(x, self.p)
-        # 0 where dropped, 1 / (1 - p) where kept: one multiplication each way.
-        mask = _keep_mask(x, self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
-        return _Multiply.apply(x, mask)
+        return fast_dropout(x, self.p, self.training, self.after_relu)
+
+
+def fast_dropout(x: Tensor, p: float, training: bool, after_relu: bool) -> Tensor:
+    """What ``FastDropout`` computes, as a function."""
+    if not training or p in (0, 1) or x.device.type != "cpu":
+        return nn.functional.dropout(x, p, training)
+    if x.dtype == torch.float32 and _get_kernel() is not None:
+        if after_relu:
+            return _CompiledDropoutAfterReLU.apply(x, p)
+        return _CompiledDropout.apply(x, p)
+    # 0 where dropped, 1 / (1 - p) where kept: one multiplication each way.
+    mask = _keep_mask(x, p).to(x.dtype).mul_(1.0 / (1.0 - p))
+    return _Multiply.apply(x, mask)
 
 
 def use_fast_dropout(model: nn.Module) -> nn.Module:
@@ -277,6 +358,222 @@ def use_fast_dropout(model: nn.Module) -> nn.Module:
                 fast = FastDropout(child.p, after_relu).train(child.training)
                 setattr(module, child_name, fast)
             previous = child
+    return model
+
+
+# --- BatchNorm, ReLU and dropout fused ------------------------------------------------
+
+_fused = None  # the fused kernels once compiled; False when they cannot be
+
+
+def _get_fused():
+    """The compiled kernels of ``FusedBatchNormReLU``, or None without Numba."""
+    global _fused
+    if _fused is None:
+        _fused = False
+        kernel = _get_kernel()
+        if kernel is not None:
+            try:  # compile now, on a tiny input, so a failure shows here
+                x = np.ones((3, 5), np.float32)
+                c = np.ones(5, np.float32)
+                kernel.column_moments(x, 2)
+                kernel.affine_relu(x, x.copy(), c, c)
+                kernel.affine_relu_dropout(
+                    x, x.copy(), c, c, np.uint64(1), np.uint64(1), np.float32(1)
+                )
+                kernel.gradient_moments(x, x, x, c, 2)
+                kernel.input_gradient(x, x, x, x.copy(), c, c, c)
+                _fused = kernel
+            except Exception as error:  # noqa: BLE001 (any Numba failure)
+                warnings.warn(
+                    f"FusedBatchNormReLU could not compile its kernels ({error}); "
+                    "it runs BatchNorm, ReLU and dropout one by one instead.",
+                    stacklevel=2,
+                )
+    return _fused or None
+
+
+def _rows(x: Tensor) -> np.ndarray:
+    """A (pixels, channels) NumPy view of a channels-last 4-D tensor."""
+    n, c, h, w = x.shape
+    return x.detach().permute(0, 2, 3, 1).numpy().reshape(n * h * w, c)
+
+
+def _blocks() -> int:
+    """How many partial sums a reduction keeps: a few per thread."""
+    return 4 * torch.get_num_threads()
+
+
+class _FusedBatchNormReLU(torch.autograd.Function):
+    """Training-mode BatchNorm (batch statistics), ReLU, then dropout, for a
+    channels-last float32 input on the CPU. Forward: one pass for the channel
+    statistics, one to normalise, rectify and drop. Backward: one pass for the
+    two channel sums BatchNorm's gradient needs, one to write it. Only the input
+    and the output are kept; the output says where the gradient flows (it is
+    positive exactly where the ReLU passed and dropout kept)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running, eps, momentum, p):
+        kernel = _get_fused()
+        _set_threads()
+        rows = _rows(x)
+        count = rows.shape[0]
+        sums = kernel.column_moments(rows, _blocks())
+        mean = sums[0] / count
+        var = np.maximum(sums[1] / count - mean * mean, 0.0)
+        invstd = 1.0 / np.sqrt(var + eps)
+        if running is not None:  # the running statistics, as nn.BatchNorm2d keeps them
+            running_mean, running_var = running
+            unbiased = var * count / max(count - 1, 1)
+            running_mean.mul_(1 - momentum).add_(torch.from_numpy(mean), alpha=momentum)
+            running_var.mul_(1 - momentum).add_(
+                torch.from_numpy(unbiased), alpha=momentum
+            )
+        gamma = weight.detach().double().numpy() if weight is not None else 1.0
+        beta = bias.detach().double().numpy() if bias is not None else 0.0
+        a = (gamma * invstd).astype(np.float32)  # out = relu(x * a + b) ...
+        b = (beta - mean * gamma * invstd).astype(np.float32)
+        out = torch.empty_like(x)  # channels-last, as x
+        scale = 1.0
+        if p > 0:
+            scale = 1.0 / (1.0 - p)
+            kernel.affine_relu_dropout(
+                rows,
+                _rows(out),
+                a,
+                b,
+                np.uint64(_draw_seed()),
+                np.uint64(_threshold(p)),
+                np.float32(scale),
+            )
+        else:
+            kernel.affine_relu(rows, _rows(out), a, b)
+        ctx.save_for_backward(x, out)
+        ctx.stats = (mean, invstd, a, scale)
+        ctx.has = (weight is not None, bias is not None)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        kernel = _get_fused()
+        _set_threads()
+        x, out = ctx.saved_tensors
+        mean, invstd, a, scale = ctx.stats
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        rows, out_rows, grad_rows = _rows(x), _rows(out), _rows(grad)
+        count = rows.shape[0]
+        sums = kernel.gradient_moments(
+            grad_rows, out_rows, rows, mean.astype(np.float32), _blocks()
+        )
+        # with g the gradient reaching BatchNorm's output (scale * grad where the
+        # output is positive): d bias = sum g, d weight = sum g * xhat, and
+        # dx = a * (g - mean(g) - xhat * mean(g * xhat)), xhat = (x - mean) * invstd
+        sum_g = scale * sums[0]
+        sum_gx = scale * sums[1] * invstd  # sum of g * xhat
+        a64 = a.astype(np.float64)
+        q = -a64 * invstd * sum_gx / count
+        r = -a64 * sum_g / count - q * mean
+        dx = torch.empty_like(x)
+        kernel.input_gradient(
+            grad_rows,
+            out_rows,
+            rows,
+            _rows(dx),
+            (a64 * scale).astype(np.float32),
+            q.astype(np.float32),
+            r.astype(np.float32),
+        )
+        has_weight, has_bias = ctx.has
+        d_weight = torch.from_numpy(sum_gx.astype(np.float32)) if has_weight else None
+        d_bias = torch.from_numpy(sum_g.astype(np.float32)) if has_bias else None
+        return dx, d_weight, d_bias, None, None, None, None
+
+
+class FusedBatchNormReLU(nn.BatchNorm2d):
+    """``nn.BatchNorm2d``, ``nn.ReLU`` and ``nn.Dropout(p)`` as one module, with
+    the same parameters and buffers as the BatchNorm it replaces (state dicts
+    are unchanged). Training on the CPU with a channels-last float32 input, it
+    runs compiled kernels (Numba) that make two passes over memory each way
+    instead of about a dozen; anywhere else (evaluation, other devices and
+    dtypes, no Numba) it runs BatchNorm, ReLU and ``FastDropout`` one by one.
+    The dropout masks follow ``FastDropout``'s distribution (keep probability
+    ``1 - p`` rounded to a multiple of 1/65536, drawn with SplitMix64)."""
+
+    def __init__(self, num_features: int, p: float = 0.0, **options) -> None:
+        super().__init__(num_features, **options)
+        self.p = p
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", then ReLU and dropout p={self.p}"
+
+    @classmethod
+    def replacing(cls, norm: nn.BatchNorm2d, p: float) -> FusedBatchNormReLU:
+        """A fused module holding ``norm``'s own parameters and buffers."""
+        fused = cls(
+            norm.num_features,
+            p,
+            eps=norm.eps,
+            momentum=norm.momentum,
+            affine=norm.affine,
+            track_running_stats=norm.track_running_stats,
+        )
+        fused.train(norm.training)
+        for name, value in [*norm.named_parameters(), *norm.named_buffers()]:
+            setattr(fused, name, value)
+        return fused
+
+    def _fusable(self, x: Tensor) -> bool:
+        return (
+            self.training
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and x.dim() == 4
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and x.numel() > 0
+            and self.p < 1
+            and _get_fused() is not None
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self._fusable(x):
+            out = torch.relu(super().forward(x))
+            return fast_dropout(out, self.p, self.training, after_relu=True)
+        running = None
+        momentum = 0.0
+        if self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            momentum = self.momentum
+            if momentum is None:  # a cumulative average, as nn.BatchNorm2d does
+                momentum = 1.0 / float(self.num_batches_tracked)
+            running = (self.running_mean, self.running_var)
+        return _FusedBatchNormReLU.apply(
+            x, self.weight, self.bias, running, self.eps, momentum, self.p
+        )
+
+
+def fuse_batchnorm_relu(model: nn.Module) -> nn.Module:
+    """Wherever an ``nn.Sequential`` of ``model`` holds ``BatchNorm2d``, ``ReLU``
+    and optionally a ``Dropout`` right after each other, make the BatchNorm a
+    ``FusedBatchNormReLU`` and the others ``nn.Identity`` (in place). The
+    parameters are the same objects, so state dicts and optimisers are unchanged.
+    """
+    for module in list(model.modules()):
+        if not isinstance(module, nn.Sequential):
+            continue
+        children = list(module.named_children())
+        for k, (name, child) in enumerate(children):
+            if type(child) is not nn.BatchNorm2d or k + 1 >= len(children):
+                continue
+            if not isinstance(children[k + 1][1], nn.ReLU):
+                continue
+            fused_away = [children[k + 1][0]]
+            p = 0.0
+            if k + 2 < len(children) and isinstance(children[k + 2][1], nn.Dropout):
+                p = children[k + 2][1].p
+                fused_away.append(children[k + 2][0])
+            setattr(module, name, FusedBatchNormReLU.replacing(child, p))
+            for other in fused_away:
+                setattr(module, other, nn.Identity())
     return model
 
 

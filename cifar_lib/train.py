@@ -46,7 +46,12 @@ from cifar_lib.errors import ConfigError, RunFolderError, TrainingDivergedError
 from cifar_lib.files import atomic_save_figure, atomic_write_json
 from cifar_lib.models import MODELS, build_model
 from cifar_lib.results import provenance
-from cifar_lib.speed import BatchAugment, TensorBatchLoader, use_fast_dropout
+from cifar_lib.speed import (
+    BatchAugment,
+    TensorBatchLoader,
+    fuse_batchnorm_relu,
+    use_fast_dropout,
+)
 from cifar_lib.whitening import whitening_init
 
 RUN_FILES = (
@@ -96,6 +101,9 @@ class Recipe:
     # How the arithmetic is done; none of these changes what is trained.
     channels_last: bool = True  # NHWC memory layout (faster convolutions on CPU)
     fast_dropout: bool = True  # speed.FastDropout: same distribution, cheaper masks
+    # speed.FusedBatchNormReLU: BatchNorm, ReLU and dropout in two compiled passes
+    # each way instead of six layers' worth (CPU training only; same arithmetic).
+    fuse_norm_relu: bool = True
     # "tensor": whole batches augmented on the training device (speed.BatchAugment,
     # the same distribution); "albumentations": image by image in the DataLoader.
     augmentation_backend: str = "tensor"
@@ -159,8 +167,8 @@ class Recipe:
         return self
 
     # The fields that decide how the arithmetic is done, not what is trained.
-    HOW = ("channels_last", "fast_dropout", "augmentation_backend", "amp")
-    HOW += ("eval_batch_size",)
+    HOW = ("channels_last", "fast_dropout", "fuse_norm_relu", "augmentation_backend")
+    HOW += ("amp", "eval_batch_size")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -241,11 +249,13 @@ def get_recipe(name: str, **overrides) -> Recipe:
 
 def reference_implementation(recipe: Recipe) -> Recipe:
     """The same recipe computed as the reference code does: NCHW layout,
-    ``nn.Dropout``, albumentations image by image (the baseline of ``bench``)."""
+    BatchNorm, ReLU and ``nn.Dropout`` one by one, albumentations image by image
+    (the baseline of ``bench``)."""
     return dataclasses.replace(
         recipe,
         channels_last=False,
         fast_dropout=False,
+        fuse_norm_relu=False,
         augmentation_backend="albumentations",
     )
 
@@ -831,6 +841,8 @@ def prepare_model(
                 "training images for that."
             )
         whitening_init(model, images)
+    if recipe.fuse_norm_relu and device.type == "cpu":
+        fuse_batchnorm_relu(model)  # first: the dropout it takes in is fused away
     if recipe.fast_dropout:
         use_fast_dropout(model)
     model = model.to(device)

@@ -95,11 +95,14 @@ def test_the_measurement_does_not_change_the_model():
 
 def test_models_with_fast_dropout_can_be_walked():
     from cifar_lib.constraints import check_constraints
-    from cifar_lib.speed import use_fast_dropout
+    from cifar_lib.speed import fuse_batchnorm_relu, use_fast_dropout
 
     model = use_fast_dropout(CIFAR10Netv2())
     assert receptive_field(model) == 81
     assert check_constraints(model).passed
+    fused = fuse_batchnorm_relu(CIFAR10Netv2())
+    assert receptive_field(fused) == 81
+    assert check_constraints(fused).passed
 
 
 def test_total_stride_does_not_multiply_parallel_branches():

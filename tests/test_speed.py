@@ -1,5 +1,8 @@
 """The speed devices draw from the same distributions as the code they replace."""
 
+import copy
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -291,3 +294,150 @@ def test_only_dropout_right_after_a_relu_is_marked():
     use_fast_dropout(model)
     marks = [m.after_relu for m in model.modules() if isinstance(m, FastDropout)]
     assert marks == [True, False, False]
+
+
+# --- FusedBatchNormReLU ------------------------------------------------------------
+
+
+def _channels_last(*shape, seed=0):
+    torch.manual_seed(seed)
+    x = torch.randn(*shape).mul_(2).add_(0.7)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _reference_and_fused(channels, p=0.0, **options):
+    torch.manual_seed(10)
+    norm = nn.BatchNorm2d(channels, **options)
+    if norm.affine:
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    fused = speed.FusedBatchNormReLU.replacing(copy.deepcopy(norm), p)
+    return norm, fused
+
+
+@pytest.mark.parametrize(
+    "shape, options",
+    [
+        ((8, 16, 8, 8), {}),
+        ((4, 6, 5, 3), {}),  # channels not a multiple of 4
+        ((3, 5, 4, 4), {"affine": False}),
+        ((3, 5, 4, 4), {"momentum": None}),
+        ((2, 4, 3, 3), {"track_running_stats": False}),
+    ],
+)
+def test_fused_norm_relu_computes_what_the_three_layers_do(shape, options):
+    pytest.importorskip("numba")
+    assert speed._get_fused() is not None
+    norm, fused = _reference_and_fused(shape[1], **options)
+    for step in range(2):  # two steps: the running statistics move twice
+        x = _channels_last(*shape, seed=step)
+        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+        expected, out = torch.relu(norm(x1)), fused(x2)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert torch.allclose(out, expected, atol=1e-5)
+        weight = torch.randn(shape)  # NCHW: the gradient arrives in another layout
+        (expected * weight).sum().backward()
+        (out * weight).sum().backward()
+        assert torch.allclose(x2.grad, x1.grad, atol=1e-5)
+    for name, tensor in [*norm.named_parameters(), *norm.named_buffers()]:
+        mine = dict([*fused.named_parameters(), *fused.named_buffers()])[name]
+        assert torch.allclose(mine, tensor, atol=1e-5), name
+        if tensor.requires_grad:
+            assert torch.allclose(mine.grad, tensor.grad, atol=1e-4), name
+    # in evaluation, and for inputs the kernels do not take, the layers' own code
+    x = _channels_last(*shape, seed=7)
+    assert torch.allclose(fused.eval()(x), torch.relu(norm.eval()(x)), atol=1e-6)
+    fused.train(), norm.train()
+    nchw = x.contiguous()
+    assert torch.allclose(fused(nchw), torch.relu(norm(nchw)), atol=1e-5)
+
+
+def test_fused_dropout_keeps_nine_in_ten_everywhere_and_gradient_follows():
+    pytest.importorskip("numba")
+    norm, fused = _reference_and_fused(16, p=0.1, affine=False)
+    # 1 and 2 in alternating rows (after BatchNorm: about -1 and +1)
+    x = torch.ones(64, 16, 32, 32)
+    x[:, :, 1::2] += 1
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    torch.manual_seed(0)
+    out = fused(x)
+    kept = out[:, :, 1::2] != 0
+    assert torch.equal(out[:, :, ::2], torch.zeros_like(out[:, :, ::2]))
+    n = kept.numel()
+    assert abs(kept.float().mean().item() - 0.9) < 5 * (0.09 / n) ** 0.5
+    expected_value = (1 / 0.9) * (1 - 1e-5 / (0.25 + 1e-5)) ** 0.5  # ~(1 - eps) / 0.9
+    assert torch.allclose(out[:, :, 1::2][kept], torch.tensor(expected_value))
+    per_channel = kept.float().mean((0, 2, 3))
+    assert (per_channel - 0.9).abs().max() < 5 * (0.09 / (n / 16)) ** 0.5
+    # neighbours in memory (channels-last: the next channel, then the next pixel)
+    dropped = ~kept.permute(0, 2, 3, 1).reshape(-1)
+    for gap in (1, 2, 3, 4, 5, 16, 17):
+        both = (dropped[:-gap] & dropped[gap:]).float().mean().item()
+        assert abs(both - 0.01) < 5 * (0.01 * 0.99 / dropped.numel()) ** 0.5, gap
+    # the gradient: that of BatchNorm, ReLU and dropout with the same mask
+    weight = torch.randn(x.shape)
+    (out * weight).sum().backward()
+    reference_x = x.detach().clone().requires_grad_()
+    mask = torch.where(out != 0, 1 / 0.9, 0.0)
+    (torch.relu(norm(reference_x)) * mask * weight).sum().backward()
+    assert torch.allclose(x.grad, reference_x.grad, atol=1e-5)
+
+
+def test_fused_dropout_is_repeatable_and_thread_count_free():
+    numba = pytest.importorskip("numba")
+    _, fused = _reference_and_fused(12, p=0.3)
+    x = _channels_last(16, 12, 9, 9)
+    torch.manual_seed(4)
+    a, b = fused(x), fused(x)
+    assert not torch.equal(a != 0, b != 0)
+    threads = numba.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # the kernels follow torch's thread count
+        torch.manual_seed(4)
+        one = fused(x)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one != 0, a != 0)
+    assert torch.allclose(one, a, atol=1e-6)
+
+
+def test_fuse_batchnorm_relu_keeps_the_state_dict_and_the_training_step():
+    pytest.importorskip("numba")
+    from cifar_lib.models import CIFAR10ResNet
+
+    no_dropout = functools.partial(CIFAR10Netv2, dropout=0.0)
+    for build, only_fused in [(no_dropout, True), (CIFAR10ResNet, False)]:
+        torch.manual_seed(0)
+        plain = build().to(memory_format=torch.channels_last)
+        fused = speed.fuse_batchnorm_relu(copy.deepcopy(plain))
+        assert list(fused.state_dict()) == list(plain.state_dict())
+        kinds = [type(m) for m in fused.modules()]
+        assert speed.FusedBatchNormReLU in kinds
+        if only_fused:  # every ReLU of the reference model follows a BatchNorm
+            assert nn.ReLU not in kinds and nn.Dropout not in kinds
+        x = _channels_last(8, 3, 32, 32)
+        labels = torch.arange(8) % 10
+        for model in (plain, fused):
+            nn.functional.cross_entropy(model(x), labels).backward()
+        pairs = zip(plain.named_parameters(), fused.parameters(), strict=True)
+        for (name, a), b in pairs:
+            assert torch.allclose(a.grad, b.grad, atol=1e-4, rtol=1e-3), name
+        plain.eval(), fused.eval()
+        assert torch.allclose(plain(x), fused(x), atol=1e-5)
+
+
+def test_fused_norm_relu_without_numba_runs_the_layers_one_by_one(monkeypatch):
+    monkeypatch.setattr(speed, "_kernel", False)
+    monkeypatch.setattr(speed, "_fused", None)
+    assert speed._get_fused() is None
+    norm, fused = _reference_and_fused(8, p=0.0)
+    x = _channels_last(4, 8, 6, 6)
+    assert torch.allclose(fused(x), torch.relu(norm(x)), atol=1e-6)
+    _, fused = _reference_and_fused(8, p=0.1, affine=False)
+    torch.manual_seed(0)
+    out = fused(torch.ones(64, 8, 32, 32).contiguous(memory_format=torch.channels_last))
+    assert torch.equal(out, torch.zeros_like(out))  # BatchNorm of a constant: 0
+    x = _channels_last(64, 8, 32, 32)
+    kept = (fused(x) != 0).float().sum() / (x > 0.7).float().sum()  # about half > 0
+    assert abs(kept.item() - 0.9) < 0.01

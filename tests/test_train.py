@@ -419,3 +419,19 @@ def test_describe_puts_every_value_in_one_column():
     assert len({line.index(" = ") for line in lines}) == 1
     assert lines[-1].split()[0] == "eval_batch_size"  # every field, in field order
     assert "augmentation" in {line.split()[0] for line in lines}
+
+
+def test_prepare_model_fuses_norm_relu_on_the_cpu_only_when_asked(synthetic):
+    from cifar_lib.speed import FusedBatchNormReLU
+
+    recipe = get_recipe("seed")
+    cpu = torch.device("cpu")
+    fused = training.prepare_model(recipe, cpu)
+    plain = training.prepare_model(training.reference_implementation(recipe), cpu)
+    assert any(isinstance(m, FusedBatchNormReLU) for m in fused.modules())
+    assert not any(isinstance(m, FusedBatchNormReLU) for m in plain.modules())
+    assert list(fused.state_dict()) == list(plain.state_dict())
+    assert (
+        recipe.what_is_trained()
+        == dataclasses.replace(recipe, fuse_norm_relu=False).what_is_trained()
+    )
