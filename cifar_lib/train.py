@@ -217,6 +217,10 @@ _FAST = Recipe(
     ema=0.998,  # averages over about the last 500 steps (a third of an epoch)
     whiten_stem=True,
     augmentation=AugmentationConfig(scale=0.0, rotate=0.0, hole_p=0.0),
+    # Without dropout there is less to fuse: measured here (model steps, 4 rounds,
+    # 2-core CPU) the fused layers ran this recipe at 0.92-0.97x, batch 256 at
+    # 0.93-1.18x; the reference model with dropout at 1.23-1.36x.
+    fuse_norm_relu=False,
 )
 RECIPES = {
     "seed": Recipe(),  # the reference solution's recipe, unchanged

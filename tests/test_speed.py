@@ -441,3 +441,35 @@ def test_fused_norm_relu_without_numba_runs_the_layers_one_by_one(monkeypatch):
     x = _channels_last(64, 8, 32, 32)
     kept = (fused(x) != 0).float().sum() / (x > 0.7).float().sum()  # about half > 0
     assert abs(kept.item() - 0.9) < 0.01
+
+
+def test_fused_dropout_draws_the_documented_hash():
+    pytest.importorskip("numba")
+    kernel = speed._get_fused()
+    rows, cols, lo, hi = 37, 6, 0x89ABCDEF, 0x1234567
+    threshold = speed._threshold(0.5)
+    full = 2**32 - 1
+
+    def fmix32(h):  # MurmurHash3's finaliser
+        h = ((h ^ (h >> 16)) * 0x85EBCA6B) & full
+        h = ((h ^ (h >> 13)) * 0xC2B2AE35) & full
+        return h ^ (h >> 16)
+
+    keep = [
+        fmix32(((e * 0x9E3779B9 + lo) & full) ^ hi) >> 16 >= threshold
+        for e in range(rows * cols)
+    ]
+    x = np.ones((rows, cols), np.float32)
+    out = np.empty_like(x)
+    ones, zeros = np.ones(cols, np.float32), np.zeros(cols, np.float32)
+    kernel.affine_relu_dropout(
+        x,
+        out,
+        ones,
+        zeros,
+        np.uint64(lo),
+        np.uint64(hi),
+        np.uint64(threshold),
+        np.float32(2.0),
+    )
+    assert out.ravel().tolist() == [2.0 if k else 0.0 for k in keep]
