@@ -20,6 +20,7 @@ checks that.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from types import SimpleNamespace
 
@@ -126,63 +127,13 @@ def _compile_kernel():
     # --- BatchNorm, ReLU and dropout in two passes each way (FusedBatchNormReLU) ---
     # x is a (rows, channels) view of a channels-last activation: row i is one
     # pixel of one image, so channel j's statistics are column j's. Sums are kept
-    # in float64, one partial sum per block of rows, added up at the end.
+    # in float64, one partial sum per block of rows, added up at the end. One call
+    # each way does everything (a call from Python costs far more than the
+    # per-channel arithmetic).
 
     @numba.njit(parallel=True, cache=True)
-    def column_moments(x, blocks):  # pragma: no cover (JIT)
-        # sums of x and of x * x over each column
-        rows, cols = x.shape
-        part = np.zeros((blocks, 2, cols))
-        size = -(-rows // blocks)
-        for k in numba.prange(blocks):
-            s0, s1 = np.zeros(cols), np.zeros(cols)
-            for i in range(k * size, min(rows, (k + 1) * size)):
-                for j in range(cols):
-                    v = np.float64(x[i, j])
-                    s0[j] += v
-                    s1[j] += v * v
-            part[k, 0], part[k, 1] = s0, s1
-        return part.sum(axis=0)
-
-    @numba.njit(parallel=True, cache=True)
-    def affine_relu(x, out, a, b):  # pragma: no cover (JIT)
-        # out = max(x * a + b, 0), a and b per column
-        rows, cols = x.shape
-        for i in numba.prange(rows):
-            for j in range(cols):
-                v = x[i, j] * a[j] + b[j]
-                out[i, j] = v if v > zero else zero
-
-    # Its dropout draws one 32-bit hash per element (MurmurHash3's finaliser, which
-    # the compiler vectorises; SplitMix64's 64-bit products it cannot): measured
-    # here, the pass with dropout then costs about twice the pass without, not
-    # about four times. Element e of a call keyed (lo, hi) keeps where the top 16
-    # bits of fmix32(((e * golden + lo) mod 2**32) xor hi) reach the threshold.
-    golden32, f1, f2 = (
-        np.uint64(0x9E3779B9),
-        np.uint64(0x85EBCA6B),
-        np.uint64(0xC2B2AE35),
-    )
-    low32, s13 = np.uint64(0xFFFFFFFF), np.uint64(13)
-
-    @numba.njit(parallel=True, cache=True)
-    def affine_relu_dropout(x, out, a, b, lo, hi, threshold, scale):  # pragma: no cover
-        # the same, then dropout (64-bit arithmetic cut to 32 bits)
-        rows, cols = x.shape
-        for i in numba.prange(rows):
-            first = np.uint64(i * cols)
-            for j in range(cols):
-                h = (((first + np.uint64(j)) * golden32 + lo) & low32) ^ hi
-                h = ((h ^ (h >> s16)) * f1) & low32
-                h = ((h ^ (h >> s13)) * f2) & low32
-                h = h ^ (h >> s16)
-                v = x[i, j] * a[j] + b[j]
-                keep = (h >> s16) >= threshold
-                out[i, j] = v * scale if v > zero and keep else zero
-
-    @numba.njit(parallel=True, cache=True)
-    def gradient_moments(grad, out, x, mean, blocks):  # pragma: no cover (JIT)
-        # sums over each column of g and g * (x - mean), g = grad where out > 0
+    def gradient_sums(grad, out, x, mean, blocks):  # pragma: no cover (JIT)
+        # sums over each column of g and of g * (x - mean), g = grad where out > 0
         rows, cols = x.shape
         part = np.zeros((blocks, 2, cols))
         size = -(-rows // blocks)
@@ -197,22 +148,112 @@ def _compile_kernel():
         return part.sum(axis=0)
 
     @numba.njit(parallel=True, cache=True)
-    def input_gradient(grad, out, x, dx, p, q, r):  # pragma: no cover (JIT)
-        # dx = p * grad (where out > 0, else 0) + q * x + r, per column
+    def moments(x, blocks):  # pragma: no cover (JIT)
+        # sums of x and of x * x over each column
         rows, cols = x.shape
+        part = np.zeros((blocks, 2, cols))
+        size = -(-rows // blocks)
+        for k in numba.prange(blocks):
+            s0, s1 = np.zeros(cols), np.zeros(cols)
+            for i in range(k * size, min(rows, (k + 1) * size)):
+                for j in range(cols):
+                    v = np.float64(x[i, j])
+                    s0[j] += v
+                    s1[j] += v * v
+            part[k, 0], part[k, 1] = s0, s1
+        return part.sum(axis=0)
+
+    # The dropout draws one 32-bit hash per element (MurmurHash3's finaliser, which
+    # the compiler vectorises; SplitMix64's 64-bit products it cannot): measured
+    # here, the pass with dropout then costs about twice the pass without, not
+    # about four times. Element e of a call keyed (lo, hi) keeps where the top 16
+    # bits of fmix32(((e * golden + lo) mod 2**32) xor hi) reach the threshold.
+    golden32, f1, f2 = (
+        np.uint64(0x9E3779B9),
+        np.uint64(0x85EBCA6B),
+        np.uint64(0xC2B2AE35),
+    )
+    low32, s13 = np.uint64(0xFFFFFFFF), np.uint64(13)
+
+    @numba.njit(parallel=True, cache=True)
+    def norm_relu_forward(
+        x, out, weight, bias, running_mean, running_var, momentum, eps, blocks, drop
+    ):  # pragma: no cover (JIT)
+        # out = max(x * a + b, 0) (then dropout), a = weight / sqrt(var + eps),
+        # b = bias - mean * a; the running statistics are updated in place when
+        # momentum > 0; drop = (lo, hi, threshold, scale), threshold 0 for
+        # no dropout. Returns the batch mean and 1 / sqrt(var + eps).
+        rows, cols = x.shape
+        sums = moments(x, blocks)
+        mean = np.empty(cols, np.float32)
+        invstd = np.empty(cols, np.float32)
+        a = np.empty(cols, np.float32)
+        b = np.empty(cols, np.float32)
+        for j in range(cols):
+            m = sums[0, j] / rows
+            var = max(sums[1, j] / rows - m * m, 0.0)
+            inv = 1.0 / np.sqrt(var + eps)
+            mean[j], invstd[j] = m, inv
+            a[j] = weight[j] * inv
+            b[j] = bias[j] - m * weight[j] * inv
+            if momentum > 0:
+                unbiased = var * rows / max(rows - 1, 1)
+                running_mean[j] = (1 - momentum) * running_mean[j] + momentum * m
+                running_var[j] = (1 - momentum) * running_var[j] + momentum * unbiased
+        lo, hi, threshold, scale = drop
+        if threshold == 0:
+            for i in numba.prange(rows):
+                for j in range(cols):
+                    v = x[i, j] * a[j] + b[j]
+                    out[i, j] = v if v > zero else zero
+            return mean, invstd
+        factor = np.float32(scale)
+        for i in numba.prange(rows):
+            first = np.uint64(i * cols)
+            for j in range(cols):
+                h = (((first + np.uint64(j)) * golden32 + lo) & low32) ^ hi
+                h = ((h ^ (h >> s16)) * f1) & low32
+                h = ((h ^ (h >> s13)) * f2) & low32
+                h = h ^ (h >> s16)
+                v = x[i, j] * a[j] + b[j]
+                keep = (h >> s16) >= threshold
+                out[i, j] = v * factor if v > zero and keep else zero
+        return mean, invstd
+
+    @numba.njit(parallel=True, cache=True)
+    def norm_relu_backward(
+        grad, out, x, dx, mean, invstd, weight, scale, blocks
+    ):  # pragma: no cover (JIT)
+        # With g the gradient reaching BatchNorm's output (scale * grad where out
+        # > 0): d bias = sum g, d weight = sum g * xhat, and
+        # dx = a * (g - mean(g) - xhat * mean(g * xhat)), xhat = (x - mean) * invstd,
+        # written as dx = p * grad (where out > 0) + q * x + r per column.
+        rows, cols = x.shape
+        sums = gradient_sums(grad, out, x, mean, blocks)
+        p = np.empty(cols, np.float32)
+        q = np.empty(cols, np.float32)
+        r = np.empty(cols, np.float32)
+        d_weight = np.empty(cols, np.float32)
+        d_bias = np.empty(cols, np.float32)
+        for j in range(cols):
+            sum_g = scale * sums[0, j]
+            sum_gx = scale * sums[1, j] * invstd[j]
+            a = np.float64(weight[j]) * invstd[j]
+            p[j] = a * scale
+            q[j] = -a * invstd[j] * sum_gx / rows
+            r[j] = -a * sum_g / rows - q[j] * np.float64(mean[j])
+            d_weight[j], d_bias[j] = sum_gx, sum_g
         for i in numba.prange(rows):
             for j in range(cols):
                 g = grad[i, j] * p[j] if out[i, j] > zero else zero
                 dx[i, j] = g + q[j] * x[i, j] + r[j]
+        return d_weight, d_bias
 
     return SimpleNamespace(
         masked_scale=masked_scale,
         scale_where_positive=scale_where_positive,
-        column_moments=column_moments,
-        affine_relu=affine_relu,
-        affine_relu_dropout=affine_relu_dropout,
-        gradient_moments=gradient_moments,
-        input_gradient=input_gradient,
+        norm_relu_forward=norm_relu_forward,
+        norm_relu_backward=norm_relu_backward,
     )
 
 
@@ -251,10 +292,17 @@ def _flat(x: Tensor) -> np.ndarray:
     return x.detach().as_strided((x.numel(),), (1,)).numpy()
 
 
-def _set_threads() -> None:
-    import numba
+_threads = threading.local()  # the count last given to Numba (per thread, as Numba's)
 
-    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+def _set_threads() -> None:
+    """Numba's kernels use as many threads as PyTorch does."""
+    threads = torch.get_num_threads()
+    if getattr(_threads, "count", None) != threads:
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        _threads.count = threads
 
 
 def _masked_scale(x: Tensor, seed: int, threshold: int, scale: float) -> Tensor:
@@ -388,14 +436,11 @@ def _get_fused():
             try:  # compile now, on a tiny input, so a failure shows here
                 x = np.ones((3, 5), np.float32)
                 c = np.ones(5, np.float32)
-                kernel.column_moments(x, 2)
-                kernel.affine_relu(x, x.copy(), c, c)
-                one = np.uint64(1)
-                kernel.affine_relu_dropout(
-                    x, x.copy(), c, c, one, one, one, np.float32(1)
-                )
-                kernel.gradient_moments(x, x, x, c, 2)
-                kernel.input_gradient(x, x, x, x.copy(), c, c, c)
+                for drop in (_NO_DROPOUT, (1, 1, 1, 1.0)):
+                    kernel.norm_relu_forward(
+                        x, x.copy(), c, c, c, c.copy(), 0.1, 1e-5, 2, _drop_key(drop)
+                    )
+                kernel.norm_relu_backward(x, x, x, x.copy(), c, c, c, 1.0, 2)
                 _fused = kernel
             except Exception as error:  # noqa: BLE001 (any Numba failure)
                 warnings.warn(
@@ -404,6 +449,15 @@ def _get_fused():
                     stacklevel=2,
                 )
     return _fused or None
+
+
+_NO_DROPOUT = (0, 0, 0, 1.0)
+
+
+def _drop_key(drop: tuple) -> tuple:
+    """(lo, hi, threshold, scale) with the types the kernel is compiled for."""
+    lo, hi, threshold, scale = drop
+    return np.uint64(lo), np.uint64(hi), np.uint64(threshold), np.float64(scale)
 
 
 def _rows(x: Tensor) -> np.ndarray:
@@ -426,82 +480,41 @@ class _FusedBatchNormReLU(torch.autograd.Function):
     positive exactly where the ReLU passed and dropout kept)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running, eps, momentum, p):
-        kernel = _get_fused()
+    def forward(ctx, x, weight, bias, running_mean, running_var, eps, momentum, p):
         _set_threads()
-        rows = _rows(x)
-        count = rows.shape[0]
-        sums = kernel.column_moments(rows, _blocks())
-        mean = sums[0] / count
-        var = np.maximum(sums[1] / count - mean * mean, 0.0)
-        invstd = 1.0 / np.sqrt(var + eps)
-        if running is not None:  # the running statistics, as nn.BatchNorm2d keeps them
-            running_mean, running_var = running
-            unbiased = var * count / max(count - 1, 1)
-            running_mean.mul_(1 - momentum).add_(torch.from_numpy(mean), alpha=momentum)
-            running_var.mul_(1 - momentum).add_(
-                torch.from_numpy(unbiased), alpha=momentum
-            )
-        gamma = weight.detach().double().numpy() if weight is not None else 1.0
-        beta = bias.detach().double().numpy() if bias is not None else 0.0
-        a = (gamma * invstd).astype(np.float32)  # out = relu(x * a + b) ...
-        b = (beta - mean * gamma * invstd).astype(np.float32)
         out = torch.empty_like(x)  # channels-last, as x
-        scale = 1.0
+        drop = _NO_DROPOUT
         if p > 0:
-            scale = 1.0 / (1.0 - p)
             seed = _draw_seed()
-            kernel.affine_relu_dropout(
-                rows,
-                _rows(out),
-                a,
-                b,
-                np.uint64(seed & 0xFFFFFFFF),
-                np.uint64(seed >> 32),
-                np.uint64(_threshold(p)),
-                np.float32(scale),
-            )
-        else:
-            kernel.affine_relu(rows, _rows(out), a, b)
+            drop = (seed & 0xFFFFFFFF, seed >> 32, _threshold(p), 1.0 / (1.0 - p))
+        mean, invstd = _get_fused().norm_relu_forward(
+            _rows(x),
+            _rows(out),
+            weight.detach().numpy(),
+            bias.detach().numpy(),
+            running_mean.numpy(),
+            running_var.numpy(),
+            float(momentum),
+            float(eps),
+            _blocks(),
+            _drop_key(drop),
+        )
         ctx.save_for_backward(x, out)
-        ctx.stats = (mean, invstd, a, scale)
-        ctx.has = (weight is not None, bias is not None)
+        ctx.stats = (mean, invstd, weight.detach().numpy(), drop[3])
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        kernel = _get_fused()
         _set_threads()
         x, out = ctx.saved_tensors
-        mean, invstd, a, scale = ctx.stats
         grad = grad.contiguous(memory_format=torch.channels_last)
-        rows, out_rows, grad_rows = _rows(x), _rows(out), _rows(grad)
-        count = rows.shape[0]
-        sums = kernel.gradient_moments(
-            grad_rows, out_rows, rows, mean.astype(np.float32), _blocks()
-        )
-        # with g the gradient reaching BatchNorm's output (scale * grad where the
-        # output is positive): d bias = sum g, d weight = sum g * xhat, and
-        # dx = a * (g - mean(g) - xhat * mean(g * xhat)), xhat = (x - mean) * invstd
-        sum_g = scale * sums[0]
-        sum_gx = scale * sums[1] * invstd  # sum of g * xhat
-        a64 = a.astype(np.float64)
-        q = -a64 * invstd * sum_gx / count
-        r = -a64 * sum_g / count - q * mean
         dx = torch.empty_like(x)
-        kernel.input_gradient(
-            grad_rows,
-            out_rows,
-            rows,
-            _rows(dx),
-            (a64 * scale).astype(np.float32),
-            q.astype(np.float32),
-            r.astype(np.float32),
+        d_weight, d_bias = _get_fused().norm_relu_backward(
+            _rows(grad), _rows(out), _rows(x), _rows(dx), *ctx.stats, _blocks()
         )
-        has_weight, has_bias = ctx.has
-        d_weight = torch.from_numpy(sum_gx.astype(np.float32)) if has_weight else None
-        d_bias = torch.from_numpy(sum_g.astype(np.float32)) if has_bias else None
-        return dx, d_weight, d_bias, None, None, None, None
+        d_weight = torch.from_numpy(d_weight) if ctx.needs_input_grad[1] else None
+        d_bias = torch.from_numpy(d_bias) if ctx.needs_input_grad[2] else None
+        return dx, d_weight, d_bias, *[None] * 5
 
 
 class FusedBatchNormReLU(nn.BatchNorm2d):
@@ -513,7 +526,7 @@ class FusedBatchNormReLU(nn.BatchNorm2d):
     dtypes, no Numba) it runs BatchNorm, ReLU and ``FastDropout`` one by one.
     Its dropout keeps each element with ``FastDropout``'s probability (``1 - p``
     rounded to a multiple of 1/65536), from a 32-bit hash of the element's index
-    (see ``affine_relu_dropout``), independently of the number of threads."""
+    (see ``norm_relu_forward``), independently of the number of threads."""
 
     def __init__(self, num_features: int, p: float = 0.0, **options) -> None:
         super().__init__(num_features, **options)
@@ -554,16 +567,20 @@ class FusedBatchNormReLU(nn.BatchNorm2d):
         if not self._fusable(x):
             out = torch.relu(super().forward(x))
             return fast_dropout(out, self.p, self.training, after_relu=True)
-        running = None
-        momentum = 0.0
+        channels = x.shape[1]
+        weight, bias = self.weight, self.bias
+        if not self.affine:
+            weight, bias = torch.ones(channels), torch.zeros(channels)
         if self.track_running_stats:
             self.num_batches_tracked.add_(1)
             momentum = self.momentum
             if momentum is None:  # a cumulative average, as nn.BatchNorm2d does
                 momentum = 1.0 / float(self.num_batches_tracked)
             running = (self.running_mean, self.running_var)
+        else:  # momentum 0: the kernel leaves these (unused) buffers alone
+            momentum, running = 0.0, torch.zeros(2, channels)
         return _FusedBatchNormReLU.apply(
-            x, self.weight, self.bias, running, self.eps, momentum, self.p
+            x, weight, bias, *running, self.eps, momentum, self.p
         )
 
 

@@ -217,9 +217,9 @@ _FAST = Recipe(
     ema=0.998,  # averages over about the last 500 steps (a third of an epoch)
     whiten_stem=True,
     augmentation=AugmentationConfig(scale=0.0, rotate=0.0, hole_p=0.0),
-    # Without dropout there is less to fuse: measured here (model steps, 4 rounds,
-    # 2-core CPU) the fused layers ran this recipe at 0.92-0.97x, batch 256 at
-    # 0.93-1.18x; the reference model with dropout at 1.23-1.36x.
+    # Without dropout the fused layers gain nothing here: model steps of this
+    # recipe, 10 alternating rounds on the 2-core CPU, ran at 0.85-1.08x (median
+    # about 0.98x) with them; the reference model with its dropout at 1.18-1.34x.
     fuse_norm_relu=False,
 )
 RECIPES = {

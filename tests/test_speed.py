@@ -443,33 +443,25 @@ def test_fused_norm_relu_without_numba_runs_the_layers_one_by_one(monkeypatch):
     assert abs(kept.item() - 0.9) < 0.01
 
 
-def test_fused_dropout_draws_the_documented_hash():
+def test_fused_dropout_draws_the_documented_hash(monkeypatch):
     pytest.importorskip("numba")
-    kernel = speed._get_fused()
-    rows, cols, lo, hi = 37, 6, 0x89ABCDEF, 0x1234567
+    seed = (0x1234567 << 32) | 0x89ABCDEF
+    monkeypatch.setattr(speed, "_draw_seed", lambda: seed)
+    lo, hi, full = seed & 0xFFFFFFFF, seed >> 32, 2**32 - 1
     threshold = speed._threshold(0.5)
-    full = 2**32 - 1
 
     def fmix32(h):  # MurmurHash3's finaliser
         h = ((h ^ (h >> 16)) * 0x85EBCA6B) & full
         h = ((h ^ (h >> 13)) * 0xC2B2AE35) & full
         return h ^ (h >> 16)
 
-    keep = [
-        fmix32(((e * 0x9E3779B9 + lo) & full) ^ hi) >> 16 >= threshold
-        for e in range(rows * cols)
-    ]
-    x = np.ones((rows, cols), np.float32)
-    out = np.empty_like(x)
-    ones, zeros = np.ones(cols, np.float32), np.zeros(cols, np.float32)
-    kernel.affine_relu_dropout(
-        x,
-        out,
-        ones,
-        zeros,
-        np.uint64(lo),
-        np.uint64(hi),
-        np.uint64(threshold),
-        np.float32(2.0),
-    )
-    assert out.ravel().tolist() == [2.0 if k else 0.0 for k in keep]
+    # 1 and 2 in alternating images: after BatchNorm -1 and +1 (about)
+    x = torch.ones(6, 6, 5, 3)
+    x[1::2] += 1
+    x = x.contiguous(memory_format=torch.channels_last)
+    out = speed.FusedBatchNormReLU(6, p=0.5, affine=False).train()(x)
+    memory = out.permute(0, 2, 3, 1).reshape(-1)  # element e of the kernel's view
+    for e, value in enumerate(memory.tolist()):
+        positive = (e // (6 * 5 * 3)) % 2 == 1
+        keep = fmix32(((e * 0x9E3779B9 + lo) & full) ^ hi) >> 16 >= threshold
+        assert (value > 0) == (positive and keep), e
