@@ -565,7 +565,7 @@ class FusedBatchNormReLU(nn.BatchNorm2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if not self._fusable(x):
-            out = torch.relu(super().forward(x))
+            out = torch.relu_(super().forward(x))  # in place, as nn.ReLU(inplace=True)
             return fast_dropout(out, self.p, self.training, after_relu=True)
         channels = x.shape[1]
         weight, bias = self.weight, self.bias
