@@ -16,6 +16,14 @@ checks that.
   NumPy's PCG64 fills memory with random bits instead. Either way, comparing
   16-bit numbers with a threshold gives each element the keep probability
   ``1 - p`` rounded to a multiple of 1/65536 (0.9 becomes 0.899994).
+* ``FusedBatchNormReLU``: BatchNorm (training statistics), ReLU and dropout as one
+  layer on the CPU, one compiled call each way that makes two passes over memory
+  (the separate layers make one or two each, forward and backward). Its dropout
+  keeps with the same probability, from a 32-bit hash of each element's index.
+  ``fuse_batchnorm_relu(model)`` puts it in place of BatchNorm, ReLU, Dropout
+  wherever they follow each other in an ``nn.Sequential``.
+* ``BatchAugment`` and ``TensorBatchLoader``: the reference augmentation applied
+  to whole batches as tensors, from the same distribution.
 """
 
 from __future__ import annotations
