@@ -265,26 +265,35 @@ def _compile_kernel():
     )
 
 
+def _compiles(warm_up, instead: str) -> bool:
+    """Run ``warm_up`` (it calls kernels on tiny inputs, so that Numba compiles them
+    now and a failure shows here); False, with a warning saying what is done
+    ``instead``, if it fails."""
+    try:
+        warm_up()
+        return True
+    except Exception as error:  # noqa: BLE001 (any Numba failure)
+        warnings.warn(f"Numba could not compile ({error}); {instead}", stacklevel=3)
+        return False
+
+
 def _get_kernel():
     """The compiled kernels, or None (then FastDropout uses NumPy's PCG64)."""
     global _kernel
     if _kernel is None:
         _kernel = False
         kernel = _compile_kernel()
-        if kernel is not None:
-            try:  # compile now, on a tiny input, so a failure shows here
-                one = np.ones(5, np.float32)
-                kernel.masked_scale(
-                    one, one.copy(), np.uint64(1), np.uint64(1), np.float32(1)
-                )
-                kernel.scale_where_positive(one, one.copy(), one, np.float32(1))
-                _kernel = kernel
-            except Exception as error:  # noqa: BLE001 (any Numba failure)
-                warnings.warn(
-                    f"FastDropout could not compile its Numba kernel ({error}); "
-                    "it uses NumPy's generator instead (slower, same distribution).",
-                    stacklevel=2,
-                )
+
+        def warm_up():
+            one = np.ones(5, np.float32)
+            kernel.masked_scale(
+                one, one.copy(), np.uint64(1), np.uint64(1), np.float32(1)
+            )
+            kernel.scale_where_positive(one, one.copy(), one, np.float32(1))
+
+        instead = "FastDropout uses NumPy's generator (slower, same distribution)."
+        if kernel is not None and _compiles(warm_up, instead):
+            _kernel = kernel
     return _kernel or None
 
 
@@ -440,22 +449,19 @@ def _get_fused():
     if _fused is None:
         _fused = False
         kernel = _get_kernel()
-        if kernel is not None:
-            try:  # compile now, on a tiny input, so a failure shows here
-                x = np.ones((3, 5), np.float32)
-                c = np.ones(5, np.float32)
-                for drop in (_NO_DROPOUT, (1, 1, 1, 1.0)):
-                    kernel.norm_relu_forward(
-                        x, x.copy(), c, c, c, c.copy(), 0.1, 1e-5, 2, _drop_key(drop)
-                    )
-                kernel.norm_relu_backward(x, x, x, x.copy(), c, c, c, 1.0, 2)
-                _fused = kernel
-            except Exception as error:  # noqa: BLE001 (any Numba failure)
-                warnings.warn(
-                    f"FusedBatchNormReLU could not compile its kernels ({error}); "
-                    "it runs BatchNorm, ReLU and dropout one by one instead.",
-                    stacklevel=2,
+
+        def warm_up():
+            x = np.ones((3, 5), np.float32)
+            c = np.ones(5, np.float32)
+            for drop in (_NO_DROPOUT, (1, 1, 1, 1.0)):
+                kernel.norm_relu_forward(
+                    x, x.copy(), c, c, c, c.copy(), 0.1, 1e-5, 2, _drop_key(drop)
                 )
+            kernel.norm_relu_backward(x, x, x, x.copy(), c, c, c, 1.0, 2)
+
+        instead = "FusedBatchNormReLU runs BatchNorm, ReLU and dropout one by one."
+        if kernel is not None and _compiles(warm_up, instead):
+            _fused = kernel
     return _fused or None
 
 

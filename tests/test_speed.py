@@ -465,3 +465,27 @@ def test_fused_dropout_draws_the_documented_hash(monkeypatch):
         positive = (e // (6 * 5 * 3)) % 2 == 1
         keep = fmix32(((e * 0x9E3779B9 + lo) & full) ^ hi) >> 16 >= threshold
         assert (value > 0) == (positive and keep), e
+
+
+def test_kernels_that_fail_to_compile_warn_and_fall_back(monkeypatch):
+    from types import SimpleNamespace
+
+    def broken(*args):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(speed, "_kernel", None)
+    monkeypatch.setattr(speed, "_fused", None)
+    monkeypatch.setattr(
+        speed, "_compile_kernel", lambda: SimpleNamespace(masked_scale=broken)
+    )
+    with pytest.warns(UserWarning, match="NumPy's generator"):
+        assert speed._get_kernel() is None
+    assert speed._get_fused() is None  # no kernels at all: nothing to warn about
+    kernels = SimpleNamespace(norm_relu_forward=broken)
+    monkeypatch.setattr(speed, "_fused", None)
+    monkeypatch.setattr(speed, "_get_kernel", lambda: kernels)
+    with pytest.warns(UserWarning, match="one by one"):
+        assert speed._get_fused() is None
+    norm, fused = _reference_and_fused(4)
+    x = _channels_last(2, 4, 3, 3)
+    assert torch.allclose(fused(x), torch.relu(norm(x)), atol=1e-6)
