@@ -265,35 +265,32 @@ def _compile_kernel():
     )
 
 
-def _compiles(warm_up, instead: str) -> bool:
-    """Run ``warm_up`` (it calls kernels on tiny inputs, so that Numba compiles them
-    now and a failure shows here); False, with a warning saying what is done
-    ``instead``, if it fails."""
+def _ready(kernel, warm_up, instead: str):
+    """``kernel`` once ``warm_up(kernel)`` has run (it calls the kernels on tiny
+    inputs, so that Numba compiles them now and a failure shows here); False when
+    there is no kernel or it fails, with a warning saying what is done ``instead``."""
+    if kernel is None:
+        return False
     try:
-        warm_up()
-        return True
+        warm_up(kernel)
+        return kernel
     except Exception as error:  # noqa: BLE001 (any Numba failure)
         warnings.warn(f"Numba could not compile ({error}); {instead}", stacklevel=3)
         return False
+
+
+def _warm_dropout(kernel) -> None:
+    one = np.ones(5, np.float32)
+    kernel.masked_scale(one, one.copy(), np.uint64(1), np.uint64(1), np.float32(1))
+    kernel.scale_where_positive(one, one.copy(), one, np.float32(1))
 
 
 def _get_kernel():
     """The compiled kernels, or None (then FastDropout uses NumPy's PCG64)."""
     global _kernel
     if _kernel is None:
-        _kernel = False
-        kernel = _compile_kernel()
-
-        def warm_up():
-            one = np.ones(5, np.float32)
-            kernel.masked_scale(
-                one, one.copy(), np.uint64(1), np.uint64(1), np.float32(1)
-            )
-            kernel.scale_where_positive(one, one.copy(), one, np.float32(1))
-
         instead = "FastDropout uses NumPy's generator (slower, same distribution)."
-        if kernel is not None and _compiles(warm_up, instead):
-            _kernel = kernel
+        _kernel = _ready(_compile_kernel(), _warm_dropout, instead)
     return _kernel or None
 
 
@@ -443,25 +440,22 @@ def use_fast_dropout(model: nn.Module) -> nn.Module:
 _fused = None  # the fused kernels once compiled; False when they cannot be
 
 
+def _warm_fused(kernel) -> None:
+    x = np.ones((3, 5), np.float32)
+    c = np.ones(5, np.float32)
+    for drop in (_NO_DROPOUT, (1, 1, 1, 1.0)):
+        kernel.norm_relu_forward(
+            x, x.copy(), c, c, c, c.copy(), 0.1, 1e-5, 2, _drop_key(drop)
+        )
+    kernel.norm_relu_backward(x, x, x, x.copy(), c, c, c, 1.0, 2)
+
+
 def _get_fused():
     """The compiled kernels of ``FusedBatchNormReLU``, or None without Numba."""
     global _fused
     if _fused is None:
-        _fused = False
-        kernel = _get_kernel()
-
-        def warm_up():
-            x = np.ones((3, 5), np.float32)
-            c = np.ones(5, np.float32)
-            for drop in (_NO_DROPOUT, (1, 1, 1, 1.0)):
-                kernel.norm_relu_forward(
-                    x, x.copy(), c, c, c, c.copy(), 0.1, 1e-5, 2, _drop_key(drop)
-                )
-            kernel.norm_relu_backward(x, x, x, x.copy(), c, c, c, 1.0, 2)
-
         instead = "FusedBatchNormReLU runs BatchNorm, ReLU and dropout one by one."
-        if kernel is not None and _compiles(warm_up, instead):
-            _fused = kernel
+        _fused = _ready(_get_kernel(), _warm_fused, instead)
     return _fused or None
 
 

@@ -102,7 +102,7 @@ class Recipe:
     channels_last: bool = True  # NHWC memory layout (faster convolutions on CPU)
     fast_dropout: bool = True  # speed.FastDropout: same distribution, cheaper masks
     # speed.FusedBatchNormReLU: BatchNorm, ReLU and dropout in two compiled passes
-    # each way instead of six layers' worth (CPU training only; same arithmetic).
+    # over memory each way, where the three layers make four (CPU training only).
     fuse_norm_relu: bool = True
     # "tensor": whole batches augmented on the training device (speed.BatchAugment,
     # the same distribution); "albumentations": image by image in the DataLoader.

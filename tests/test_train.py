@@ -421,7 +421,7 @@ def test_describe_puts_every_value_in_one_column():
     assert "augmentation" in {line.split()[0] for line in lines}
 
 
-def test_prepare_model_fuses_norm_relu_on_the_cpu_only_when_asked(synthetic):
+def test_prepare_model_fuses_norm_relu_on_the_cpu_only_when_asked():
     from cifar_lib.speed import FusedBatchNormReLU
 
     recipe = get_recipe("seed")
