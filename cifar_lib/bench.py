@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from cifar_lib.data import CIFAR10Arrays
+from cifar_lib.graphs import WARM_UP_STEPS, TrainStep, graph_unsupported
 from cifar_lib.train import (
     Recipe,
     configure_device,
@@ -65,6 +66,15 @@ class _Setup:
         self.criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
         self.train_loader, _ = make_loaders(recipe, arrays, None, device, None)
         self.amp_dtype, self.scaler = mixed_precision(recipe, device)
+        self.step = TrainStep(
+            self.model,
+            self.optimizer,
+            self.criterion,
+            device,
+            scaler=self.scaler,
+            amp_dtype=self.amp_dtype,
+            capture=graph_unsupported(recipe, device, self.scaler) is None,
+        )
         configure_device(device)
         images, labels = next(iter(self.train_loader))
         self.batch = images.to(device), labels.to(device)
@@ -80,8 +90,7 @@ class _Setup:
             self.criterion,
             self.device,
             progress=False,
-            scaler=self.scaler,
-            amp_dtype=self.amp_dtype,
+            step=self.step,
             **options,
         )
         _sync(self.device)
@@ -139,8 +148,8 @@ def run_benchmark(
         reference = reference_implementation(recipe)
         setups["reference"] = _Setup(reference, device, arrays, reference=True)
     rates = {name: {"train": [], "data": [], "model": []} for name in setups}
-    for setup in setups.values():  # warm-up: allocator, kernels, caches
-        setup.end_to_end(warmup)
+    for setup in setups.values():  # warm-up: allocator, kernels, caches, graph
+        setup.end_to_end(warmup + (WARM_UP_STEPS + 1 if setup.step.capture else 0))
     for _ in range(rounds):
         for name, setup in setups.items():
             rates[name]["train"].append(setup.end_to_end(steps))
@@ -162,7 +171,8 @@ def run_benchmark(
             f"this implementation (channels_last={recipe.channels_last}, "
             f"fast_dropout={recipe.fast_dropout}, "
             f"fuse_norm_relu={recipe.fuse_norm_relu}, "
-            f"augmentation={recipe.augmentation_backend})"
+            f"augmentation={recipe.augmentation_backend}, "
+            f"CUDA graph={setups['recipe'].step.capture})"
         ),
         "reference": "reference implementation (NCHW, BatchNorm, ReLU and nn.Dropout "
         "one by one, albumentations "
@@ -179,6 +189,7 @@ def run_benchmark(
         "threads": threads,
         "batch_size": recipe.batch_size,
         "mixed_precision": str(setups["recipe"].amp_dtype or "off"),
+        "cuda_graph": setups["recipe"].step.capture,
         "rounds": rounds,
         "steps": steps,
         "train_images_per_s": round(median["recipe"]["train"], 1),

@@ -54,6 +54,12 @@ _AMP_HELP = (
 )
 
 
+_GRAPH_HELP = (
+    "on CUDA, launch every kernel of each training step from Python instead of "
+    "replaying the step as one captured CUDA graph (which SGD recipes do by default)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cifar_lib.models import MODELS
     from cifar_lib.train import RECIPES
@@ -129,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace the run files in --out if it holds a run already",
     )
     train.add_argument("--amp", action="store_true", help=_AMP_HELP)
+    train.add_argument("--no-cuda-graph", action="store_true", help=_GRAPH_HELP)
     train.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     summary = commands.add_parser(
@@ -163,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-compare", action="store_true", help="skip the reference implementation"
     )
     bench.add_argument("--amp", action="store_true", help=_AMP_HELP)
+    bench.add_argument("--no-cuda-graph", action="store_true", help=_GRAPH_HELP)
     bench.add_argument(
         "--out", help="also write the result, with date and hardware, to this JSON file"
     )
@@ -187,6 +195,8 @@ def _bench(args: argparse.Namespace) -> None:
         recipe = dataclasses.replace(recipe, batch_size=args.batch_size)
     if args.amp:
         recipe = dataclasses.replace(recipe, amp=True)
+    if args.no_cuda_graph:
+        recipe = dataclasses.replace(recipe, cuda_graph=False)
     result = run_benchmark(
         recipe,
         select_device(args.device),
@@ -220,6 +230,7 @@ def _train(args: argparse.Namespace) -> None:
         ]
         changed += ["--overwrite"] if args.overwrite else []
         changed += ["--amp"] if args.amp else []
+        changed += ["--no-cuda-graph"] if args.no_cuda_graph else []
         if changed:
             raise ConfigError(
                 f"{', '.join(changed)} cannot change a run being resumed; --resume "
@@ -240,6 +251,8 @@ def _train(args: argparse.Namespace) -> None:
     }
     if args.amp:
         overrides["amp"] = True
+    if args.no_cuda_graph:
+        overrides["cuda_graph"] = False
     recipe = dataclasses.replace(get_recipe(args.recipe or "seed"), **overrides)
     train(
         recipe,

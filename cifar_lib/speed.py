@@ -722,7 +722,15 @@ def _warp(x: Tensor, shift: Tensor, scale: Tensor, angle: Tensor) -> Tensor:
 class TensorBatchLoader:
     """Batches sliced from one uint8 tensor held on the training device, augmented
     there with ``BatchAugment`` (or only normalised): no per-image Python work,
-    no worker processes, and on a GPU no copies from the CPU each step."""
+    no worker processes, and on a GPU no copies from the CPU each step.
+
+    ``chunk`` images (rounded down to whole batches; default one batch) are
+    augmented in one call and then cut into batches: each image still draws its
+    own transform, so the distribution is the same, but the random numbers are
+    drawn in another order than batch by batch. On a GPU one call per batch costs
+    more time launching its few dozen small kernels than the GPU takes to run a
+    captured training step (graphs.TrainStep).
+    """
 
     def __init__(
         self,
@@ -733,8 +741,10 @@ class TensorBatchLoader:
         shuffle: bool = False,
         augment: BatchAugment | None = None,
         seed: int = 0,
+        chunk: int | None = None,
     ) -> None:
         device = torch.device(device)
+        self.chunk = max(batch_size, (chunk or batch_size) // batch_size * batch_size)
         self.images = torch.as_tensor(images).to(device)
         self.labels = torch.as_tensor(labels, dtype=torch.long).to(device)
         self.batch_size = batch_size
@@ -764,13 +774,16 @@ class TensorBatchLoader:
             order = order.to(self.images.device)
         else:
             order = torch.arange(count, device=self.images.device)
-        for start in range(0, count, self.batch_size):
-            index = order[start : start + self.batch_size]
-            images = self.images[index]
+        size = self.batch_size
+        for start in range(0, count, self.chunk):
+            index = order[start : start + self.chunk]
+            images, labels = self.images[index], self.labels[index]
             if self.train:
-                yield self.augment(images, self.generator), self.labels[index]
+                images = self.augment(images, self.generator)
             else:
-                yield _normalise(images, self.augment), self.labels[index]
+                images = _normalise(images, self.augment)
+            for first in range(0, len(index), size):
+                yield images[first : first + size], labels[first : first + size]
 
 
 def _normalise(images: Tensor, augment: BatchAugment) -> Tensor:

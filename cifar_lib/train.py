@@ -44,6 +44,7 @@ from cifar_lib.data import (
 )
 from cifar_lib.errors import ConfigError, RunFolderError, TrainingDivergedError
 from cifar_lib.files import atomic_save_figure, atomic_write_json
+from cifar_lib.graphs import TrainStep, graph_unsupported
 from cifar_lib.models import MODELS, build_model
 from cifar_lib.results import provenance
 from cifar_lib.speed import (
@@ -113,6 +114,9 @@ class Recipe:
     # faster (results/gpu/): a step of this small model is mostly the launching of
     # kernels, and autocast adds casts.
     amp: bool = False
+    # On CUDA, each training step after the first few replays one captured CUDA
+    # graph (graphs.TrainStep: SGD recipes; others run eagerly).
+    cuda_graph: bool = True
     eval_batch_size: int = 1000
 
     def validate(self) -> Recipe:
@@ -168,7 +172,7 @@ class Recipe:
 
     # The fields that decide how the arithmetic is done, not what is trained.
     HOW = ("channels_last", "fast_dropout", "fuse_norm_relu", "augmentation_backend")
-    HOW += ("amp", "eval_batch_size")
+    HOW += ("amp", "cuda_graph", "eval_batch_size")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -253,14 +257,15 @@ def get_recipe(name: str, **overrides) -> Recipe:
 
 def reference_implementation(recipe: Recipe) -> Recipe:
     """The same recipe computed as the reference code does: NCHW layout,
-    BatchNorm, ReLU and ``nn.Dropout`` one by one, albumentations image by image
-    (the baseline of ``bench``)."""
+    BatchNorm, ReLU and ``nn.Dropout`` one by one, albumentations image by image,
+    every kernel launched from Python (the baseline of ``bench``)."""
     return dataclasses.replace(
         recipe,
         channels_last=False,
         fast_dropout=False,
         fuse_norm_relu=False,
         augmentation_backend="albumentations",
+        cuda_graph=False,
     )
 
 
@@ -338,50 +343,40 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     ema: torch.optim.swa_utils.AveragedModel | None = None,
     amp_dtype: torch.dtype | None = None,
+    step: TrainStep | None = None,
 ) -> tuple[float, float]:
     """One pass over the training set; returns (mean loss, accuracy).
 
-    Losses and correct counts are summed on the device; the progress bar reads
-    them (a synchronisation) only every ``refresh_every`` steps. ``scheduler`` is
-    stepped after every batch (for per-step schedules such as one-cycle).
-    ``amp_dtype`` turns on autocast to that dtype and an enabled ``scaler`` scales
-    the loss (both from ``mixed_precision``). ``ema``, if given, is updated after
-    every optimiser step.
+    Each batch is one ``graphs.TrainStep`` (``step``, kept across epochs by a run
+    that replays a CUDA graph; an eager one is made here if None). Losses and
+    correct counts are summed on the device; the progress bar reads them (a
+    synchronisation) only every ``refresh_every`` steps. ``scheduler`` is stepped
+    after every batch (for per-step schedules such as one-cycle). ``amp_dtype``
+    turns on autocast to that dtype and an enabled ``scaler`` scales the loss
+    (both from ``mixed_precision``). ``ema``, if given, is updated after every
+    optimiser step. ``model``, ``optimizer``, ``criterion``, ``scaler``, ``ema`` and
+    ``amp_dtype`` are those of ``step`` when it is given.
     """
-    scaled = scaler is not None and scaler.is_enabled()
-    use_amp = amp_dtype is not None
-    model.train()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
+    if step is None:
+        step = TrainStep(
+            model, optimizer, criterion, device, ema, scaler=scaler, amp_dtype=amp_dtype
+        )
+    step.reset()
+    step.model.train()
     bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not progress)
-    for step, (images, labels) in enumerate(bar, 1):
-        images, labels = _to_device(images, labels, device, channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-            logits = model(images)
-            loss = criterion(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        if scaled:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        if ema is not None:
-            ema.update_parameters(model)
+    for number, (images, labels) in enumerate(bar, 1):
+        step(*_to_device(images, labels, device, channels_last))
         if scheduler is not None:
             scheduler.step()
-        loss_sum += loss.detach() * len(labels)
-        correct += (logits.argmax(1) == labels).sum()
-        seen += len(labels)
-        if step % refresh_every == 0:
-            _check_finite(loss_sum, epoch, step)
+        if number % refresh_every == 0:
+            _check_finite(step.loss_sum, epoch, number)
+            seen = step.seen
             bar.set_postfix(
-                loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}"
+                loss=f"{step.loss_sum.item() / seen:.3f}",
+                acc=f"{step.correct.item() / seen:.3f}",
             )
-    _check_finite(loss_sum, epoch, step)
-    return loss_sum.item() / seen, correct.item() / seen
+    _check_finite(step.loss_sum, epoch, number)
+    return step.loss_sum.item() / step.seen, step.correct.item() / step.seen
 
 
 @torch.inference_mode()
@@ -625,6 +620,7 @@ class _Run:
     scaler: torch.amp.GradScaler | None = None
     ema: torch.optim.swa_utils.AveragedModel | None = None
     amp_dtype: torch.dtype | None = None
+    step: TrainStep | None = None
     history: list[dict] = field(default_factory=list)
     best_accuracy: float = 0.0
 
@@ -693,6 +689,9 @@ def _fit(
             f"Data: {arrays.source} ({arrays.location}), {_count(train_loader):,} "
             f"training and {_count(test_loader):,} test images; device: {device}."
         )
+    run.step = make_train_step(run)  # after loading: it may capture these tensors
+    if run.step.capture:
+        log("Each training step after the first few replays one CUDA graph.")
 
     stop_reason = f"trained all {recipe.epochs} epochs"
     for epoch in range(start_epoch, recipe.epochs + 1):
@@ -727,6 +726,9 @@ def _count(loader) -> int:
     return loader.num_images if hasattr(loader, "num_images") else len(loader.dataset)
 
 
+AUGMENT_CHUNK_ON_GPU = 10_000  # images augmented in one call on a GPU
+
+
 def make_loaders(recipe: Recipe, arrays: CIFAR10Arrays, subset, device, num_workers):
     """Train and test loaders for ``recipe``'s augmentation backend."""
     if recipe.augmentation_backend == "albumentations":
@@ -748,6 +750,8 @@ def make_loaders(recipe: Recipe, arrays: CIFAR10Arrays, subset, device, num_work
         shuffle=True,
         augment=BatchAugment(recipe.augmentation),
         seed=recipe.seed,
+        # on a GPU whole chunks of images at a time (see TensorBatchLoader)
+        chunk=AUGMENT_CHUNK_ON_GPU if torch.device(device).type == "cuda" else None,
     )
     test_loader = TensorBatchLoader(
         arrays.test_images, arrays.test_labels, recipe.eval_batch_size, device
@@ -781,30 +785,39 @@ class ExponentialMovingAverage(torch.optim.swa_utils.AveragedModel):
 
     @torch.no_grad()
     def update_parameters(self, model: nn.Module) -> None:
-        averaged = [*self.module.parameters(), *self.module.buffers()]
-        current = [t.detach() for t in (*model.parameters(), *model.buffers())]
         if self.n_averaged.device.type != "cpu":  # moved by .to(): keep it here
             self.n_averaged = self.n_averaged.cpu()
         if int(self.n_averaged) == 0:
+            averaged = [*self.module.parameters(), *self.module.buffers()]
+            current = [t.detach() for t in (*model.parameters(), *model.buffers())]
             torch._foreach_copy_(averaged, current)
         else:
-            floats = [t.is_floating_point() for t in averaged]
-            torch._foreach_lerp_(
-                [a for a, f in zip(averaged, floats, strict=True) if f],
-                [c for c, f in zip(current, floats, strict=True) if f],
-                1 - self.decay,
-            )
-            # BatchNorm's step counters (integers), as AveragedModel does them, but
-            # in four calls rather than four per layer
-            counters = [a for a, f in zip(averaged, floats, strict=True) if not f]
-            if counters:
-                now = [c for c, f in zip(current, floats, strict=True) if not f]
-                mixed = torch._foreach_add(
-                    torch._foreach_mul(counters, self.decay),
-                    torch._foreach_mul(now, 1 - self.decay),
-                )
-                torch._foreach_copy_(counters, mixed)
+            self.blend(model)
         self.n_averaged += 1
+
+    @torch.no_grad()
+    def blend(self, model: nn.Module) -> None:
+        """average = decay * average + (1 - decay) * model, for the weights and the
+        BatchNorm statistics, on the device alone (no counter: a step captured as
+        a CUDA graph calls it, graphs.TrainStep)."""
+        averaged = [*self.module.parameters(), *self.module.buffers()]
+        current = [t.detach() for t in (*model.parameters(), *model.buffers())]
+        floats = [t.is_floating_point() for t in averaged]
+        torch._foreach_lerp_(
+            [a for a, f in zip(averaged, floats, strict=True) if f],
+            [c for c, f in zip(current, floats, strict=True) if f],
+            1 - self.decay,
+        )
+        # BatchNorm's step counters (integers), as AveragedModel does them, but in
+        # four calls rather than four per layer
+        counters = [a for a, f in zip(averaged, floats, strict=True) if not f]
+        if counters:
+            now = [c for c, f in zip(current, floats, strict=True) if not f]
+            mixed = torch._foreach_add(
+                torch._foreach_mul(counters, self.decay),
+                torch._foreach_mul(now, 1 - self.decay),
+            )
+            torch._foreach_copy_(counters, mixed)
 
 
 def mixed_precision(
@@ -861,20 +874,18 @@ def _train_and_evaluate(run: _Run, epoch: int) -> dict:
     started = time.perf_counter()
     set_epoch(run.train_loader, recipe.seed, epoch)
     torch.manual_seed(recipe.seed * 100_003 + epoch)  # this epoch's dropout masks
-    criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    step = run.step
     train_loss, train_accuracy = train_one_epoch(
-        run.model,
+        step.model,
         run.train_loader,
-        run.optimizer,
-        criterion,
+        step.optimizer,
+        step.criterion,
         run.device,
         scheduler=run.scheduler if run.per_step else None,
         epoch=epoch,
         channels_last=recipe.channels_last,
         progress=run.progress,
-        scaler=run.scaler,
-        ema=run.ema,
-        amp_dtype=run.amp_dtype,
+        step=step,
     )
     train_seconds = time.perf_counter() - started
     test_loss, test_accuracy = evaluate(
@@ -901,6 +912,22 @@ def _train_and_evaluate(run: _Run, epoch: int) -> dict:
     }
     run.history.append(row)
     return row
+
+
+def make_train_step(run: _Run) -> TrainStep:
+    """The run's training step: replayed as a CUDA graph where the recipe and the
+    device allow it (``graphs.graph_unsupported``), else eager."""
+    recipe = run.recipe
+    return TrainStep(
+        run.model,
+        run.optimizer,
+        nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing),
+        run.device,
+        run.ema,
+        scaler=run.scaler,
+        amp_dtype=run.amp_dtype,
+        capture=graph_unsupported(recipe, run.device, run.scaler) is None,
+    )
 
 
 def _save_epoch(run: _Run, finished: bool, reason: str) -> None:

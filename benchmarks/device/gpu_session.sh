@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# One session on a lent GPU machine (benchmarks/device/README.md says how it is
-# called): the benchmark, one timed `fast` run alone on the GPU, then longer runs
-# side by side until the deadline. Everything it measures lands in $OUT:
-# session.log, bench_*.json and runs.tgz (the run folders, refreshed every 20 s so
-# that a run cut off at the deadline still comes back with its last epoch).
+# One session on a lent GPU machine (results/gpu/README.md says what ran how):
+# the CUDA tests, the benchmark with and without the captured training step,
+# the `fast` recipe alone on the GPU for four seeds (each timed as a whole
+# command), then two long runs of `best` side by side until the deadline.
+# Everything it measures lands in $OUT: session.log, bench_*.json and runs.tgz
+# (the run folders, refreshed every 20 s so that a run cut off at the deadline
+# still comes back with its last epoch).
 #
 #   bash benchmarks/device/gpu_session.sh SECONDS
+#
+# The device machine needs .devcarry/ (carried): whl/ (the packages its image
+# lacks: albumentations and its needs, torchinfo), cifar10-jpeg75.pack (from
+# benchmarks/device/pack_images.py pack) and commit (the commit being measured).
 set -u
 LIMIT=${1:-540}
 START=$(date +%s)
@@ -15,6 +21,7 @@ exec > >(tee -a "$OUT/session.log") 2>&1
 elapsed() { echo $(($(date +%s) - START)); }
 stamp() { echo "[$(elapsed)s] $*"; }
 export PYTHONUNBUFFERED=1
+export NO_ALBUMENTATIONS_UPDATE=1  # no network there: no version check
 export CIFAR_LIB_COMMIT=$(cat .devcarry/commit 2>/dev/null || echo unknown)
 
 stamp "install the missing packages"
@@ -41,45 +48,38 @@ a = load_cifar10('$DATA')
 print('decoded', a.train_images.shape, a.test_images.shape, f'{time.perf_counter() - t:.1f} s')
 " || exit 1
 
-TRAIN="python3 -m cifar_lib train --data-dir $DATA --device cuda --no-progress"
-stamp "smoke test: one epoch on 2,000 images"
-$TRAIN --recipe fast --epochs 1 --subset 2000 --out $RUNS/smoke || exit 1
+stamp "the CUDA tests (the captured step against the eager one)"
+GRAPH=""
+if ! python3 -m pytest -q -o addopts="-p no:cacheprovider" tests/test_graphs.py; then
+    GRAPH="--no-cuda-graph"
+    stamp "the captured step failed its tests: the runs below launch every kernel"
+fi
 
 stamp "benchmarks (GPU otherwise idle)"
 BENCH="python3 -m cifar_lib bench --device cuda --rounds 3"
-$BENCH --recipe fast --steps 300 --out "$OUT/bench_gpu_fast_fp32.json"
-$BENCH --recipe fast --steps 300 --amp --no-compare \
-    --out "$OUT/bench_gpu_fast_amp.json"
-$BENCH --recipe seed --steps 100 --out "$OUT/bench_gpu_seed.json"
-AMP=$(python3 -c "
-import json
-amp = json.load(open('$OUT/bench_gpu_fast_amp.json'))['train_images_per_s']
-fp32 = json.load(open('$OUT/bench_gpu_fast_fp32.json'))['train_images_per_s']
-print('--amp' if amp > fp32 else '')
-")
-stamp "mixed precision for the runs: ${AMP:-off}"
+$BENCH --recipe fast --steps 300 $GRAPH --out "$OUT/bench_gpu_fast.json"
+$BENCH --recipe fast --steps 300 --no-cuda-graph --no-compare \
+    --out "$OUT/bench_gpu_fast_eager.json"
 
 pack() {
     tar czf "$OUT/runs.tmp" -C $RUNS --exclude=final_model.pt --exclude='*.png' . \
         && mv "$OUT/runs.tmp" "$OUT/runs.tgz"
 }
 
-stamp "fast, seed 0, alone on the GPU, timed as a whole command"
-begin=$(date +%s%N)
-$TRAIN --recipe fast $AMP --out $RUNS/fast_gpu_seed0
-echo "fast seed 0: whole command $(( ($(date +%s%N) - begin) / 1000000 )) ms" \
-    "(Python start, cached data loaded, whitening, training, evaluation, files)"
-pack
+TRAIN="python3 -m cifar_lib train --data-dir $DATA --device cuda --no-progress $GRAPH"
+for seed in 0 1 2 3; do
+    stamp "fast, seed $seed, alone on the GPU, timed as a whole command"
+    begin=$(date +%s%N)
+    $TRAIN --recipe fast --seed $seed --out $RUNS/fast_gpu_seed$seed
+    echo "fast seed $seed: whole command $(( ($(date +%s%N) - begin) / 1000000 )) ms" \
+        "(Python start, cached data loaded, whitening, training, evaluation, files)"
+    pack
+done
 
-stamp "side by side until the deadline: two long runs and three more fast seeds"
-$TRAIN --recipe best $AMP --batch-size 128 --lr 0.1 --epochs 120 \
-    --out $RUNS/best_b128 > $RUNS/best_b128.log 2>&1 &
-$TRAIN --recipe best $AMP --batch-size 64 --lr 0.1 --epochs 60 \
-    --out $RUNS/best_b64 > $RUNS/best_b64.log 2>&1 &
-(for seed in 1 2 3; do
-    $TRAIN --recipe fast $AMP --seed $seed --out $RUNS/fast_gpu_seed$seed \
-        > $RUNS/fast_gpu_seed$seed.log 2>&1
-done) &
+stamp "side by side until the deadline: two long runs of best"
+$TRAIN --recipe best --epochs 150 --out $RUNS/best_150 > $RUNS/best_150.log 2>&1 &
+$TRAIN --recipe best --epochs 100 --batch-size 128 --lr 0.1 \
+    --out $RUNS/best_b128_100 > $RUNS/best_b128_100.log 2>&1 &
 while [ -n "$(jobs -r)" ] && [ "$(elapsed)" -lt $((LIMIT - 25)) ]; do
     sleep 20
     pack

@@ -1,0 +1,284 @@
+"""The training step: its SGD arithmetic on tensors equals torch.optim.SGD, the
+eager step is the plain loop, and (on a CUDA GPU only) the captured step trains
+as the eager one does."""
+
+import copy
+import dataclasses
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from cifar_lib import graphs
+from cifar_lib.graphs import TrainStep, graph_unsupported, sgd_update
+from cifar_lib.models import CIFAR10ResNet
+from cifar_lib.speed import TensorBatchLoader
+from cifar_lib.train import (
+    ExponentialMovingAverage,
+    get_recipe,
+    make_optimizer,
+    make_scheduler,
+    reference_implementation,
+)
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _small_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 10),
+    )
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_sgd_update_is_torch_sgd_with_changing_lr_and_momentum(nesterov):
+    """Two parameter groups (weight decay on one), the learning rate and the
+    momentum changed before every step, as the one-cycle schedule does."""
+    model = _small_model()
+    twin = copy.deepcopy(model)
+    recipe = get_recipe("fast", decay_norms_and_biases=False, nesterov=nesterov)
+    ours, theirs = make_optimizer(model, recipe), make_optimizer(twin, recipe)
+    assert len(ours.param_groups) == 2
+    hyper = [(torch.zeros(()), torch.zeros(())) for _ in ours.param_groups]
+    x = torch.randn(16, 3, 8, 8)
+    y = torch.randint(0, 10, (16,))
+    for step in range(6):
+        for optimizer in (ours, theirs):
+            for group in optimizer.param_groups:
+                group["lr"] = 0.05 + 0.02 * step
+                group["momentum"] = 0.95 - 0.02 * step
+        for net, optimizer in ((model, ours), (twin, theirs)):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+        if step == 0:  # the first step makes the momentum buffers
+            ours.step()
+        else:
+            for group, (lr, momentum) in zip(ours.param_groups, hyper, strict=True):
+                lr.fill_(group["lr"])
+                momentum.fill_(group["momentum"])
+            sgd_update(ours, hyper)
+        theirs.step()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        buffer_a = ours.state[a]["momentum_buffer"]
+        buffer_b = theirs.state[b]["momentum_buffer"]
+        torch.testing.assert_close(buffer_a, buffer_b, rtol=1e-5, atol=1e-6)
+    # the weights moved: the test compares updates, not two idle models
+    assert not torch.equal(model[0].weight, _small_model()[0].weight)
+
+
+def test_sgd_update_refuses_what_it_does_not_implement():
+    model = _small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, dampening=0.1)
+    with pytest.raises(ValueError, match="dampening"):
+        sgd_update(optimizer, [(torch.tensor(0.1), torch.tensor(0.9))])
+
+
+def _plain_loop(model, optimizer, ema, batches, scheduler):
+    """The training loop as written before TrainStep: the reference for it."""
+    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+    loss_sum, correct = 0.0, 0
+    for images, labels in batches:
+        logits = model(images)
+        loss = criterion(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        ema.update_parameters(model)
+        scheduler.step()
+        loss_sum += loss.item() * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+    return loss_sum, correct
+
+
+def test_eager_step_is_the_plain_loop():
+    recipe = get_recipe("fast", epochs=1)
+    batches = [
+        (torch.randn(n, 3, 8, 8), torch.randint(0, 10, (n,))) for n in (16, 16, 16, 5)
+    ]
+    runs = []
+    for use_step in (True, False):
+        model = _small_model().train()
+        optimizer = make_optimizer(model, recipe)
+        scheduler, _ = make_scheduler(optimizer, recipe, len(batches))
+        ema = ExponentialMovingAverage(model, 0.9)
+        if use_step:
+            criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+            step = TrainStep(model, optimizer, criterion, torch.device("cpu"), ema)
+            for images, labels in batches:
+                step(images, labels)
+                scheduler.step()
+            sums = step.loss_sum.item(), step.correct.item()
+            assert step.seen == 53 and step.eager_steps == 4 and step.replays == 0
+        else:
+            sums = _plain_loop(model, optimizer, ema, batches, scheduler)
+        runs.append((model, ema, sums))
+    (model, ema, sums), (model2, ema2, sums2) = runs
+    assert sums[0] == pytest.approx(sums2[0], rel=1e-6) and sums[1] == sums2[1]
+    for a, b in zip(
+        model.state_dict().values(), model2.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(ema.state_dict().values(), ema2.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_which_recipes_are_captured():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert "CUDA" in graph_unsupported(get_recipe("fast"), cpu)
+    assert graph_unsupported(get_recipe("fast"), gpu) is None
+    assert graph_unsupported(get_recipe("best"), gpu) is None
+    assert "adam" in graph_unsupported(get_recipe("seed"), gpu)
+    assert "turns it off" in graph_unsupported(
+        reference_implementation(get_recipe("fast")), gpu
+    )
+    no_momentum = get_recipe("fast", schedule="plateau", momentum=0.0)
+    assert "momentum" in graph_unsupported(no_momentum, gpu)
+    scaler = SimpleNamespace(is_enabled=lambda: True)  # a GradScaler in use
+    assert "scaling" in graph_unsupported(get_recipe("fast"), gpu, scaler)
+    with pytest.raises(ValueError, match="CUDA"):
+        TrainStep(_small_model(), None, None, cpu, capture=True)
+
+
+def test_how_the_step_runs_is_not_what_is_trained():
+    fast = get_recipe("fast")
+    eager = dataclasses.replace(fast, cuda_graph=False)
+    assert fast.what_is_trained() == eager.what_is_trained()
+    assert "cuda_graph" in fast.HOW
+
+
+@pytest.mark.parametrize("chunk", [None, 48, 50, 1000])
+def test_chunked_loader_gives_the_same_batches_in_the_same_order(chunk):
+    """Augmenting several batches at once changes only which random numbers each
+    image draws; the order of the images and the batch sizes are unchanged."""
+    from cifar_lib.augment import AugmentationConfig
+    from cifar_lib.speed import BatchAugment
+
+    images = torch.randint(0, 256, (100, 32, 32, 3), dtype=torch.uint8).numpy()
+    labels = torch.arange(100).numpy()
+    nothing = BatchAugment(AugmentationConfig(flip_p=0.0, affine_p=0.0, hole_p=0.0))
+    batches = {}
+    for size in (None, chunk):
+        loader = TensorBatchLoader(
+            images, labels, 16, shuffle=True, augment=nothing, seed=3, chunk=size
+        )
+        loader.set_epoch(3, 2)
+        batches[size] = list(loader)
+    for (x, y), (x2, y2) in zip(batches[None], batches[chunk], strict=True):
+        assert torch.equal(y, y2) and torch.equal(x, x2)
+    assert [len(y) for _, y in batches[chunk]] == [16] * 6 + [4]
+
+
+def test_chunked_augmentation_draws_each_image_its_own_transform():
+    from cifar_lib.augment import AugmentationConfig
+    from cifar_lib.speed import BatchAugment
+
+    image = torch.randint(0, 256, (1, 32, 32, 3), dtype=torch.uint8)
+    images = image.repeat(4000, 1, 1, 1).numpy()
+    flips = BatchAugment(AugmentationConfig(flip_p=0.5, affine_p=0.0, hole_p=0.0))
+    loader = TensorBatchLoader(
+        images, torch.zeros(4000).long().numpy(), 32, augment=flips, chunk=4000
+    )
+    x = torch.cat([batch for batch, _ in loader])
+    flipped = (x - x[:1].flip(3)).abs().amax((1, 2, 3)) < 1e-6
+    same = (x - x[:1]).abs().amax((1, 2, 3)) < 1e-6
+    if bool(flipped[0]):  # the first image itself was flipped: swap the roles
+        flipped, same = same, flipped
+    assert bool((flipped | same).all())
+    share = flipped.float().mean().item()
+    assert abs(share - 0.5) < 5 * (0.25 / 4000) ** 0.5
+    # neighbours are independent: as many changes between neighbours as chance gives
+    changes = (flipped[1:] != flipped[:-1]).float().mean().item()
+    assert abs(changes - 0.5) < 5 * (0.25 / 3999) ** 0.5
+
+
+# --- on a CUDA GPU only ---------------------------------------------------------------
+
+
+def _train_twice_on_cuda(recipe, batches, capture_first: bool):
+    device = torch.device("cuda")
+    torch.backends.cudnn.benchmark = True
+    results = []
+    for capture in (True, False) if capture_first else (False, True):
+        torch.manual_seed(0)
+        model = CIFAR10ResNet().to(device).to(memory_format=torch.channels_last)
+        optimizer = make_optimizer(model, recipe)
+        scheduler, _ = make_scheduler(optimizer, recipe, len(batches))
+        ema = ExponentialMovingAverage(model, recipe.ema)
+        criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+        step = TrainStep(model, optimizer, criterion, device, ema, capture=capture)
+        for images, labels in batches:
+            step(images.to(device), labels.to(device))
+            scheduler.step()
+        torch.cuda.synchronize()
+        results.append((capture, model, optimizer, ema, step))
+    return {capture: rest for capture, *rest in results}
+
+
+@cuda
+def test_captured_step_trains_as_the_eager_step():
+    torch.manual_seed(1)
+    recipe = get_recipe("fast", epochs=1, decay_norms_and_biases=False)
+    sizes = [32] * 12 + [7] + [32] * 3  # a smaller batch in between runs eagerly
+    batches = [(torch.randn(n, 3, 32, 32), torch.randint(0, 10, (n,))) for n in sizes]
+    runs = _train_twice_on_cuda(recipe, batches, capture_first=True)
+    model, optimizer, ema, step = runs[True]
+    eager_model, eager_optimizer, eager_ema, eager_step = runs[False]
+    assert step.graph is not None and eager_step.graph is None
+    assert step.eager_steps == graphs.WARM_UP_STEPS + 1
+    assert step.replays == len(sizes) - graphs.WARM_UP_STEPS - 1
+    assert step.seen == eager_step.seen == sum(sizes)
+    for a, b in zip(
+        model.state_dict().values(), eager_model.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    for a, b in zip(
+        ema.state_dict().values(), eager_ema.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    assert int(ema.n_averaged) == int(eager_ema.n_averaged) == len(sizes)
+    for p, q in zip(model.parameters(), eager_model.parameters(), strict=True):
+        torch.testing.assert_close(
+            optimizer.state[p]["momentum_buffer"],
+            eager_optimizer.state[q]["momentum_buffer"],
+            rtol=1e-3,
+            atol=1e-4,
+        )
+    torch.testing.assert_close(step.loss_sum, eager_step.loss_sum, rtol=1e-4, atol=0)
+    assert abs(step.correct.item() - eager_step.correct.item()) <= 2
+    # the run moved the weights: the comparison is of two trainings
+    start = CIFAR10ResNet().to("cuda")
+    assert not torch.allclose(model.fc.weight, start.fc.weight)
+
+
+@cuda
+def test_a_cuda_run_replays_its_steps_the_same_way_each_time(tmp_path, synthetic):
+    """Whole runs on the GPU (300 images, batch 32: nine full steps and one of 12
+    per epoch): the first epoch of a 2-epoch run is the 1-epoch run's."""
+    from cifar_lib.train import train
+
+    recipe = get_recipe("fast", epochs=2, batch_size=32, target=1.0)
+    runs = [
+        train(
+            dataclasses.replace(recipe, epochs=epochs),
+            tmp_path / f"run{epochs}",
+            arrays=synthetic,
+            device="cuda",
+            progress=False,
+        )
+        for epochs in (2, 1)
+    ]
+    assert [len(run.history) for run in runs] == [2, 1]
+    first, again = runs[0].history[0], runs[1].history[0]
+    assert first["train_loss"] == pytest.approx(again["train_loss"], rel=1e-3)
+    assert first["test_accuracy"] == pytest.approx(again["test_accuracy"], abs=0.02)
+    assert runs[0].history[1]["train_loss"] < first["train_loss"]
+    for name, tensor in runs[0].model.state_dict().items():
+        assert torch.isfinite(tensor.float()).all(), name
