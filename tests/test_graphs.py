@@ -202,83 +202,95 @@ def test_chunked_augmentation_draws_each_image_its_own_transform():
 # --- on a CUDA GPU only ---------------------------------------------------------------
 
 
-def _train_twice_on_cuda(recipe, batches, capture_first: bool):
-    device = torch.device("cuda")
-    torch.backends.cudnn.benchmark = True
-    results = []
-    for capture in (True, False) if capture_first else (False, True):
-        torch.manual_seed(0)
-        model = CIFAR10ResNet().to(device).to(memory_format=torch.channels_last)
-        optimizer = make_optimizer(model, recipe)
-        scheduler, _ = make_scheduler(optimizer, recipe, len(batches))
-        ema = ExponentialMovingAverage(model, recipe.ema)
-        criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-        step = TrainStep(model, optimizer, criterion, device, ema, capture=capture)
-        for images, labels in batches:
-            step(images.to(device), labels.to(device))
-            scheduler.step()
-        torch.cuda.synchronize()
-        results.append((capture, model, optimizer, ema, step))
-    return {capture: rest for capture, *rest in results}
-
-
-@cuda
-def test_captured_step_trains_as_the_eager_step():
+def _step_by_step_against_eager(device: torch.device, capture: bool) -> TrainStep:
+    """Train with ``TrainStep(capture=capture)``; before every step copy the whole
+    state (weights, BatchNorm statistics, momentum buffers, learning rate and
+    momentum, weight average) into an eager twin, make the same step with both
+    and compare. Comparing step by step keeps the test exact: over several steps
+    these trainings are chaotic (a change of one part in a million in one weight
+    grows to 0.05 in the stem's weights within 16 steps of the fast recipe)."""
     torch.manual_seed(1)
     recipe = get_recipe("fast", epochs=1, decay_norms_and_biases=False)
-    sizes = [32] * 12 + [7] + [32] * 3  # a smaller batch in between runs eagerly
-    batches = [(torch.randn(n, 3, 32, 32), torch.randint(0, 10, (n,))) for n in sizes]
-    runs = _train_twice_on_cuda(recipe, batches, capture_first=True)
-    model, optimizer, ema, step = runs[True]
-    eager_model, eager_optimizer, eager_ema, eager_step = runs[False]
-    assert step.graph is not None and eager_step.graph is None
-    assert step.eager_steps == graphs.WARM_UP_STEPS + 1
-    assert step.replays == len(sizes) - graphs.WARM_UP_STEPS - 1
-    assert step.seen == eager_step.seen == sum(sizes)
-    for a, b in zip(
-        model.state_dict().values(), eager_model.state_dict().values(), strict=True
-    ):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
-    for a, b in zip(
-        ema.state_dict().values(), eager_ema.state_dict().values(), strict=True
-    ):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
-    assert int(ema.n_averaged) == int(eager_ema.n_averaged) == len(sizes)
-    for p, q in zip(model.parameters(), eager_model.parameters(), strict=True):
-        torch.testing.assert_close(
-            optimizer.state[p]["momentum_buffer"],
-            eager_optimizer.state[q]["momentum_buffer"],
-            rtol=1e-3,
-            atol=1e-4,
-        )
-    torch.testing.assert_close(step.loss_sum, eager_step.loss_sum, rtol=1e-4, atol=0)
-    assert abs(step.correct.item() - eager_step.correct.item()) <= 2
-    # the run moved the weights: the comparison is of two trainings
-    start = CIFAR10ResNet().to("cuda")
-    assert not torch.allclose(model.fc.weight, start.fc.weight)
+    sizes = [32] * 6 + [7] + [32] * 3  # a smaller batch in between runs eagerly
+    batches = [
+        (torch.randn(n, 3, 32, 32).to(device), torch.randint(0, 10, (n,)).to(device))
+        for n in sizes
+    ]
+    torch.manual_seed(0)
+    model = CIFAR10ResNet().to(device).to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, recipe)
+    scheduler, _ = make_scheduler(optimizer, recipe, len(batches))
+    ema = ExponentialMovingAverage(model, recipe.ema)
+    criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    step = TrainStep(model, optimizer, criterion, device, ema, capture=capture)
+    for number, (images, labels) in enumerate(batches):
+        twin = copy.deepcopy(model)
+        twin_optimizer = make_optimizer(twin, recipe)
+        # a deep copy: load_state_dict keeps the very tensors it is given
+        twin_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+        twin_ema = copy.deepcopy(ema)
+        twin_ema.module = copy.deepcopy(ema.module)
+        twin_step = TrainStep(twin, twin_optimizer, criterion, device, twin_ema)
+        before = step.loss_sum.clone()
+        step(images, labels)
+        twin_step(images, labels)
+        scheduler.step()
+        pairs = [
+            *zip(model.state_dict().values(), twin.state_dict().values(), strict=True),
+            *zip(
+                ema.state_dict().values(), twin_ema.state_dict().values(), strict=True
+            ),
+            *[
+                (
+                    optimizer.state[p]["momentum_buffer"],
+                    twin_optimizer.state[q]["momentum_buffer"],
+                )
+                for p, q in zip(model.parameters(), twin.parameters(), strict=True)
+            ],
+            (step.loss_sum - before, twin_step.loss_sum),
+        ]
+        for index, (a, b) in enumerate(pairs):
+            message = f"step {number}, tensor {index} of {len(pairs)}"
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=message)
+    assert step.seen == sum(sizes)
+    assert int(ema.n_averaged) == len(sizes)
+    return step
+
+
+def test_step_by_step_harness_on_the_cpu():
+    """The CUDA test's harness, both steps eager: it must pass exactly."""
+    step = _step_by_step_against_eager(torch.device("cpu"), capture=False)
+    assert step.eager_steps == 10 and step.replays == 0
 
 
 @cuda
-def test_a_cuda_run_replays_its_steps_the_same_way_each_time(tmp_path, synthetic):
-    """Whole runs on the GPU (300 images, batch 32: nine full steps and one of 12
-    per epoch): the first epoch of a 2-epoch run is the 1-epoch run's."""
+def test_captured_step_makes_the_eager_step():
+    # the same convolution algorithms in both
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True):
+        step = _step_by_step_against_eager(torch.device("cuda"), capture=True)
+    assert step.graph is not None
+    assert step.eager_steps == graphs.WARM_UP_STEPS + 1  # the warm-up, the 7 images
+    assert step.replays == 10 - graphs.WARM_UP_STEPS - 1
+
+
+@cuda
+def test_a_cuda_run_replays_its_steps(tmp_path, synthetic):
+    """A whole run on the GPU (300 images, batch 32: nine full steps and one of 12
+    per epoch) says it replays a graph, and learns."""
     from cifar_lib.train import train
 
-    recipe = get_recipe("fast", epochs=2, batch_size=32, target=1.0)
-    runs = [
-        train(
-            dataclasses.replace(recipe, epochs=epochs),
-            tmp_path / f"run{epochs}",
-            arrays=synthetic,
-            device="cuda",
-            progress=False,
-        )
-        for epochs in (2, 1)
-    ]
-    assert [len(run.history) for run in runs] == [2, 1]
-    first, again = runs[0].history[0], runs[1].history[0]
-    assert first["train_loss"] == pytest.approx(again["train_loss"], rel=1e-3)
-    assert first["test_accuracy"] == pytest.approx(again["test_accuracy"], abs=0.02)
-    assert runs[0].history[1]["train_loss"] < first["train_loss"]
-    for name, tensor in runs[0].model.state_dict().items():
+    lines = []
+    result = train(
+        get_recipe("fast", epochs=3, batch_size=32, target=1.0),
+        tmp_path / "run",
+        arrays=synthetic,
+        device="cuda",
+        progress=False,
+        log=lines.append,
+    )
+    assert any("replays one CUDA graph" in line for line in lines)
+    first, last = result.history[0], result.history[-1]
+    assert last["train_loss"] < first["train_loss"]
+    assert last["train_accuracy"] > 0.3  # ten classes: chance is 0.1
+    for name, tensor in result.model.state_dict().items():
         assert torch.isfinite(tensor.float()).all(), name
