@@ -144,26 +144,29 @@ def results_markdown(results_dir: Path = ROOT / "results") -> str:
         runs = [json.loads(path.read_text()) for path in gpu]
         first = runs[0]
         rows = [
-            "| recipe | batch | mixed precision | end to end | data pipeline | "
-            "model step | reference end to end | speed-up |",
-            "|---|---:|---|---:|---:|---:|---:|---:|",
+            "| file | recipe | batch | mixed precision | CUDA graph | end to end | "
+            "data pipeline | model step | reference end to end | speed-up | commit |",
+            "|---|---|---:|---|---|---:|---:|---:|---:|---:|---|",
         ]
-        for b in runs:
+        for path, b in zip(gpu, runs, strict=True):
             reference = b.get("reference_train_images_per_s")
             compared = (
                 f"{reference:.0f} | {b['speedup']:.2f}x |" if reference else "- | - |"
             )
             rows.append(
-                f"| {b['recipe']} | {b['batch_size']} | "
+                f"| {path.stem} | {b['recipe']} | {b['batch_size']} | "
                 f"{b['mixed_precision'].removeprefix('torch.')} | "
+                f"{'yes' if b.get('cuda_graph') else 'no'} | "
                 f"{b['train_images_per_s']:.0f} | {b['data_images_per_s']:.0f} | "
-                f"{b['model_images_per_s']:.0f} | " + compared
+                f"{b['model_images_per_s']:.0f} | " + compared + f" {b['commit']} |"
             )
         parts.append(
             f"**On a GPU**: training images per second (`python -m cifar_lib bench "
             f"--device cuda`), median of {first['rounds']} rounds; "
-            f"{first['hardware']}; {first['date']}, commit {first['commit']}; "
-            "one benchmark run each (`results/gpu/`).\n\n" + "\n".join(rows)
+            f"{first['hardware']}, {first['date']}; the rows of one commit ran on "
+            "one machine, those of different commits on different machines of the "
+            "same kind, so compare speeds within a commit; one benchmark run each "
+            "(`results/gpu/README.md`).\n\n" + "\n".join(rows)
         )
     recipes = [
         results_dir / f"{name}.json"
