@@ -9,6 +9,7 @@ Modules, each taught in one notebook:
 * ``models``, ``constraints``  CIFAR10Netv2 and the assignment's rules (04)
 * ``train``, ``plots``, ``checkpoints``, ``files``  training runs and their files (05)
 * ``speed``, ``bench``     the same training, computed faster, and its benchmark
+* ``graphs``             the training step, replayed on a GPU as one CUDA graph
 * ``results``              the README's results table, made from ``results/``
 * ``notebook``, ``colab``  helpers the notebooks share; self-contained Colab copies
 * ``cli``                  ``python -m cifar_lib train|summary|bench``
