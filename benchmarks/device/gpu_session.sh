@@ -8,26 +8,9 @@
 # still comes back with its last epoch).
 #
 #   bash benchmarks/device/gpu_session.sh SECONDS
-#
-# The device machine needs .devcarry/ (carried): whl/ (the packages its image
-# lacks: albumentations and its needs, torchinfo), cifar10-jpeg75.pack (from
-# benchmarks/device/pack_images.py pack) and commit (the commit being measured).
-set -u
+# common.sh (sourced) sets it up and says what must be carried.
 LIMIT=${1:-540}
-START=$(date +%s)
-OUT=${OUT:-/tmp/gpu_out}
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/session.log") 2>&1
-elapsed() { echo $(($(date +%s) - START)); }
-stamp() { echo "[$(elapsed)s] $*"; }
-export PYTHONUNBUFFERED=1
-export NO_ALBUMENTATIONS_UPDATE=1  # no network there: no version check
-export CIFAR_LIB_COMMIT=$(cat .devcarry/commit 2>/dev/null || echo unknown)
-
-stamp "install the missing packages"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --upgrade --target /tmp/site .devcarry/whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD
+source "$(dirname "$0")/common.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 lscpu | grep -E 'Model name|^CPU\(s\)'
 python3 -c "import torch, torchvision, albumentations, numba; \
@@ -35,9 +18,6 @@ print('torch', torch.__version__, 'torchvision', torchvision.__version__, \
 'albumentations', albumentations.__version__, 'numba', numba.__version__, \
 torch.cuda.get_device_name())" || exit 1
 
-DATA=/tmp/cifar10-jpeg75
-RUNS=/tmp/runs
-mkdir -p "$RUNS"
 stamp "unpack and decode the data (a one-off: decoded arrays are cached)"
 python3 benchmarks/device/pack_images.py unpack .devcarry/cifar10-jpeg75.pack $DATA \
     || exit 1
@@ -54,6 +34,7 @@ if ! python3 -m pytest -q -o addopts="-p no:cacheprovider" tests/test_graphs.py;
     GRAPH="--no-cuda-graph"
     stamp "the captured step failed its tests: the runs below launch every kernel"
 fi
+TRAIN="$TRAIN $GRAPH"
 
 stamp "benchmarks (GPU otherwise idle)"
 BENCH="python3 -m cifar_lib bench --device cuda --rounds 3"
@@ -61,22 +42,7 @@ $BENCH --recipe fast --steps 300 $GRAPH --out "$OUT/bench_gpu_fast.json"
 $BENCH --recipe fast --steps 300 --no-cuda-graph --no-compare \
     --out "$OUT/bench_gpu_fast_eager.json"
 
-pack() {
-    tar czf "$OUT/runs.tmp" -C $RUNS --exclude=final_model.pt --exclude='*.png' . \
-        && mv "$OUT/runs.tmp" "$OUT/runs.tgz"
-}
-
-TRAIN="python3 -m cifar_lib train --data-dir $DATA --device cuda --no-progress $GRAPH"
-for seed in 0 1 2 3; do
-    left=$((LIMIT - $(elapsed) - 60))  # keep a minute for the long runs below
-    [ $left -gt 30 ] || break
-    stamp "fast, seed $seed, alone on the GPU, timed as a whole command (at most ${left}s)"
-    begin=$(date +%s%N)
-    timeout $left $TRAIN --recipe fast --seed $seed --out $RUNS/fast_gpu_seed$seed
-    echo "fast seed $seed: whole command $(( ($(date +%s%N) - begin) / 1000000 )) ms" \
-        "(Python start, cached data loaded, whitening, training, evaluation, files)"
-    pack
-done
+fast_runs fast_gpu 60  # a minute for the long runs below
 
 stamp "side by side until the deadline: two long runs of best"
 $TRAIN --recipe best --epochs 150 --out $RUNS/best_150 > $RUNS/best_150.log 2>&1 &

@@ -1,0 +1,53 @@
+# Sourced by the GPU session scripts (gpu_session.sh, gpu_graph_check.sh), with the
+# session's length in seconds in LIMIT: logs everything to $OUT/session.log, installs
+# the packages the device's image lacks (.devcarry/whl/), and defines
+#   elapsed, stamp MESSAGE   seconds since the start; a line with them
+#   pack                     the run folders (not their weights or figures) into
+#                            $OUT/runs.tgz, so a run cut off still comes back
+#   DATA, RUNS, TRAIN        where the images and runs go; the training command
+#
+# The device machine needs .devcarry/ (carried): whl/ (albumentations and its
+# needs, torchinfo), cifar10-jpeg75.pack (benchmarks/device/pack_images.py pack)
+# and commit (the commit being measured).
+set -u
+START=$(date +%s)
+OUT=${OUT:-/tmp/gpu_out}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/session.log") 2>&1
+elapsed() { echo $(($(date +%s) - START)); }
+stamp() { echo "[$(elapsed)s] $*"; }
+export PYTHONUNBUFFERED=1
+export NO_ALBUMENTATIONS_UPDATE=1  # no network there: no version check
+export CIFAR_LIB_COMMIT=$(cat .devcarry/commit 2>/dev/null || echo unknown)
+
+stamp "install the missing packages"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --upgrade --target /tmp/site .devcarry/whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD
+
+DATA=/tmp/cifar10-jpeg75
+RUNS=/tmp/runs
+mkdir -p "$RUNS"
+TRAIN="python3 -m cifar_lib train --data-dir $DATA --device cuda --no-progress"
+pack() {
+    tar czf "$OUT/runs.tmp" -C $RUNS --exclude=final_model.pt --exclude='*.png' . \
+        && mv "$OUT/runs.tmp" "$OUT/runs.tgz"
+}
+
+# fast_runs NAME RESERVE: the fast recipe alone on the GPU for seeds 0-3, into
+# $RUNS/NAME_seedN, each timed as a whole command and given the time left but
+# RESERVE seconds; stops when less than 30 s would be left for a run.
+fast_runs() {
+    for seed in 0 1 2 3; do
+        left=$((LIMIT - $(elapsed) - $2))
+        [ $left -gt 30 ] || break
+        stamp "fast, seed $seed, alone on the GPU, timed as a whole command" \
+            "(at most ${left}s)"
+        begin=$(date +%s%N)
+        timeout $left $TRAIN --recipe fast --seed $seed --out $RUNS/$1_seed$seed
+        echo "fast seed $seed: whole command $(( ($(date +%s%N) - begin) / 1000000 ))" \
+            "ms (Python start, cached data loaded, whitening, training, evaluation," \
+            "files)"
+        pack
+    done
+}
