@@ -111,8 +111,9 @@ class Recipe:
     # Mixed precision on CUDA (ignored elsewhere): bfloat16 autocast where the GPU
     # has it (compute capability 8.0 on), else float16 with loss scaling. Off by
     # default: on an H100 at batch 32, float32 (TF32 convolutions) trained 1.18x
-    # faster (results/gpu/): a step of this small model is mostly the launching of
-    # kernels, and autocast adds casts.
+    # faster (results/gpu/): a step of this small model was mostly the launching of
+    # kernels, and autocast adds casts (measured before the captured step below;
+    # with it, not measured).
     amp: bool = False
     # On CUDA, each training step after the first few replays one captured CUDA
     # graph (graphs.TrainStep: SGD recipes; others run eagerly).
@@ -232,9 +233,10 @@ RECIPES = {
     # The same ingredients trained for longer, aiming at 92%: it reached 87.43%
     # (88.26% with the raw weights) on an H100, results/best.json; 92% is not met.
     # A long run underfits less, so it keeps the reference's augmentation. Batch
-    # 256: a GPU step costs about the same at any batch size here (kernel launches),
-    # so its 50 epochs took 119 s on the H100 while another run shared the card
-    # (the fast recipe at batch 32: 18-25 s an epoch, alone).
+    # 256: with every kernel launched from Python a GPU step cost about the same at
+    # any batch size here, so its 50 epochs took 119 s on the H100 while another run
+    # shared the card (the fast recipe at batch 32: 18-25 s an epoch, alone; 2.1-2.2
+    # s with the captured step, graphs.TrainStep).
     "best": dataclasses.replace(
         _FAST,
         name="best",
