@@ -11,15 +11,17 @@ import torch
 from torch import nn
 
 from cifar_lib import graphs
+from cifar_lib.augment import AugmentationConfig
 from cifar_lib.graphs import TrainStep, graph_unsupported, sgd_update
 from cifar_lib.models import CIFAR10ResNet
-from cifar_lib.speed import TensorBatchLoader
+from cifar_lib.speed import BatchAugment, TensorBatchLoader
 from cifar_lib.train import (
     ExponentialMovingAverage,
     get_recipe,
     make_optimizer,
     make_scheduler,
     reference_implementation,
+    train,
 )
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -158,9 +160,6 @@ def test_how_the_step_runs_is_not_what_is_trained():
 def test_chunked_loader_gives_the_same_batches_in_the_same_order(chunk):
     """Augmenting several batches at once changes only which random numbers each
     image draws; the order of the images and the batch sizes are unchanged."""
-    from cifar_lib.augment import AugmentationConfig
-    from cifar_lib.speed import BatchAugment
-
     images = torch.randint(0, 256, (100, 32, 32, 3), dtype=torch.uint8).numpy()
     labels = torch.arange(100).numpy()
     nothing = BatchAugment(AugmentationConfig(flip_p=0.0, affine_p=0.0, hole_p=0.0))
@@ -177,9 +176,6 @@ def test_chunked_loader_gives_the_same_batches_in_the_same_order(chunk):
 
 
 def test_chunked_augmentation_draws_each_image_its_own_transform():
-    from cifar_lib.augment import AugmentationConfig
-    from cifar_lib.speed import BatchAugment
-
     image = torch.randint(0, 256, (1, 32, 32, 3), dtype=torch.uint8)
     images = image.repeat(4000, 1, 1, 1).numpy()
     flips = BatchAugment(AugmentationConfig(flip_p=0.5, affine_p=0.0, hole_p=0.0))
@@ -277,8 +273,6 @@ def test_captured_step_makes_the_eager_step():
 def test_a_cuda_run_replays_its_steps(tmp_path, synthetic):
     """A whole run on the GPU (300 images, batch 32: nine full steps and one of 12
     per epoch) says it replays a graph, and learns."""
-    from cifar_lib.train import train
-
     lines = []
     result = train(
         get_recipe("fast", epochs=3, batch_size=32, target=1.0),
