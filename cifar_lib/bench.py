@@ -17,15 +17,15 @@ import time
 
 import numpy as np
 import torch
-from torch import nn
 
 from cifar_lib.data import CIFAR10Arrays
-from cifar_lib.graphs import WARM_UP_STEPS, TrainStep, graph_unsupported
+from cifar_lib.graphs import WARM_UP_STEPS
 from cifar_lib.train import (
     Recipe,
     configure_device,
     make_loaders,
     make_optimizer,
+    make_train_step,
     mixed_precision,
     prepare_model,
     reference_implementation,
@@ -63,17 +63,10 @@ class _Setup:
         self.reference = reference
         self.model = prepare_model(recipe, device, arrays.train_images)
         self.optimizer = make_optimizer(self.model, recipe)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
         self.train_loader, _ = make_loaders(recipe, arrays, None, device, None)
-        self.amp_dtype, self.scaler = mixed_precision(recipe, device)
-        self.step = TrainStep(
-            self.model,
-            self.optimizer,
-            self.criterion,
-            device,
-            scaler=self.scaler,
-            amp_dtype=self.amp_dtype,
-            capture=graph_unsupported(recipe, device, self.scaler) is None,
+        self.amp_dtype, scaler = mixed_precision(recipe, device)
+        self.step = make_train_step(
+            recipe, self.model, self.optimizer, device, None, scaler, self.amp_dtype
         )
         configure_device(device)
         images, labels = next(iter(self.train_loader))
@@ -87,7 +80,7 @@ class _Setup:
             self.model,
             loader,
             self.optimizer,
-            self.criterion,
+            self.step.criterion,
             self.device,
             progress=False,
             step=self.step,

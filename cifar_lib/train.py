@@ -691,7 +691,10 @@ def _fit(
             f"Data: {arrays.source} ({arrays.location}), {_count(train_loader):,} "
             f"training and {_count(test_loader):,} test images; device: {device}."
         )
-    run.step = make_train_step(run)  # after loading: it may capture these tensors
+    # after loading: a captured step holds on to these very tensors
+    run.step = make_train_step(
+        recipe, model, optimizer, device, run.ema, run.scaler, run.amp_dtype
+    )
     if run.step.capture:
         log("Each training step after the first few replays one CUDA graph.")
 
@@ -916,19 +919,27 @@ def _train_and_evaluate(run: _Run, epoch: int) -> dict:
     return row
 
 
-def make_train_step(run: _Run) -> TrainStep:
-    """The run's training step: replayed as a CUDA graph where the recipe and the
-    device allow it (``graphs.graph_unsupported``), else eager."""
-    recipe = run.recipe
+def make_train_step(
+    recipe: Recipe,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    ema: torch.optim.swa_utils.AveragedModel | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> TrainStep:
+    """``recipe``'s training step (its loss with its label smoothing): replayed as
+    a CUDA graph where the recipe and the device allow it
+    (``graphs.graph_unsupported``), else eager."""
     return TrainStep(
-        run.model,
-        run.optimizer,
+        model,
+        optimizer,
         nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing),
-        run.device,
-        run.ema,
-        scaler=run.scaler,
-        amp_dtype=run.amp_dtype,
-        capture=graph_unsupported(recipe, run.device, run.scaler) is None,
+        device,
+        ema,
+        scaler=scaler,
+        amp_dtype=amp_dtype,
+        capture=graph_unsupported(recipe, device, scaler) is None,
     )
 
 
