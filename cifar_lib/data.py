@@ -361,8 +361,22 @@ class ArrayDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    # with alternating flip (AugmentationConfig.alternate_flip): which images this
+    # epoch flips, set by choose_flips; None: the transform decides
+    flipped: np.ndarray | None = None
+
     def __getitem__(self, index: int):
-        return self.transform(image=self.images[index])["image"], self.labels[index]
+        image = self.images[index]
+        if self.flipped is not None and self.flipped[index]:
+            image = np.ascontiguousarray(image[:, ::-1])
+        return self.transform(image=image)["image"], self.labels[index]
+
+    def choose_flips(self, seed: int, epoch: int) -> None:
+        """Flip by hand the images that alternating flip flips in ``epoch`` (the
+        transform then has no flip of its own; augment.build_train_transform)."""
+        from cifar_lib.augment import alternate_flips
+
+        self.flipped = alternate_flips(len(self.images), seed, epoch)
 
     def reseed(self, seed: int) -> None:
         """Restart the augmentation's random stream (albumentations keeps its own)."""
@@ -417,6 +431,8 @@ def set_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
     epoch_seed = seed * 100_003 + epoch
     loader.generator.manual_seed(epoch_seed)
     loader.dataset.reseed(epoch_seed)
+    if loader.dataset.flipped is not None:
+        loader.dataset.choose_flips(seed, epoch)
 
 
 def take_subset(
@@ -465,12 +481,13 @@ def get_data_loaders(
         images, labels = images[kept], labels[kept]
     images, labels = take_subset(images, labels, subset)
     eval_batch_size = eval_batch_size or max(batch_size, 512)
+    dataset = ArrayDataset(
+        images, labels, build_train_transform(augmentation, seed=seed)
+    )
+    if augmentation is not None and augmentation.alternate_flip:
+        dataset.choose_flips(seed, 0)
     train = make_loader(
-        ArrayDataset(images, labels, build_train_transform(augmentation, seed=seed)),
-        batch_size,
-        train=True,
-        num_workers=num_workers,
-        seed=seed,
+        dataset, batch_size, train=True, num_workers=num_workers, seed=seed
     )
     test = make_loader(
         ArrayDataset(arrays.test_images, arrays.test_labels, build_test_transform()),

@@ -649,8 +649,13 @@ class BatchAugment(nn.Module):
         self.register_buffer("std", std, persistent=False)
 
     def forward(
-        self, images: Tensor, generator: torch.Generator | None = None
+        self,
+        images: Tensor,
+        generator: torch.Generator | None = None,
+        flip: Tensor | None = None,
     ) -> Tensor:
+        """``flip``: which images to flip (booleans), chosen by the caller (for
+        alternating flip, ``TensorBatchLoader``); by default each draws its coin."""
         x = images.permute(0, 3, 1, 2).float().div_(255)
         n, _, height, width = x.shape
         c = self.config
@@ -662,7 +667,8 @@ class BatchAugment(nn.Module):
         def chosen(p):
             return torch.rand(n, generator=generator, device=x.device) < p
 
-        flip = chosen(c.flip_p)
+        if flip is None:
+            flip = chosen(c.flip_p)
         x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
 
         warp = chosen(c.affine_p)
@@ -754,6 +760,8 @@ class TensorBatchLoader:
         self.train = augment is not None
         self.generator = torch.Generator(device=device)
         self.order_generator = torch.Generator()
+        self.alternate_flip = self.train and self.augment.config.alternate_flip
+        self.flipped = None  # with alternating flip: this epoch's, per image
         self.set_epoch(seed, 0)
 
     def __len__(self) -> int:
@@ -767,6 +775,11 @@ class TensorBatchLoader:
         epoch_seed = seed * 100_003 + epoch
         self.generator.manual_seed(epoch_seed)
         self.order_generator.manual_seed(epoch_seed)
+        if self.alternate_flip:
+            from cifar_lib.augment import alternate_flips
+
+            flipped = alternate_flips(len(self.labels), seed, epoch)
+            self.flipped = torch.from_numpy(flipped).to(self.images.device)
 
     def __iter__(self):
         count = len(self.labels)
@@ -780,7 +793,8 @@ class TensorBatchLoader:
             index = order[start : start + self.chunk]
             images, labels = self.images[index], self.labels[index]
             if self.train:
-                images = self.augment(images, self.generator)
+                flip = self.flipped[index] if self.alternate_flip else None
+                images = self.augment(images, self.generator, flip)
             else:
                 images = _normalise(images, self.augment)
             for first in range(0, len(index), size):

@@ -165,6 +165,11 @@ class Recipe:
                 f"unknown augmentation backend {self.augmentation_backend!r}; use "
                 "tensor or albumentations."
             )
+        if self.augmentation.alternate_flip and self.augmentation.flip_p != 0.5:
+            raise ConfigError(
+                "alternate_flip flips each image in every other epoch, which is a "
+                f"flip probability of 0.5; flip_p is {self.augmentation.flip_p}."
+            )
         if self.schedule not in ("plateau", "onecycle"):
             raise ConfigError(
                 f"unknown schedule {self.schedule!r}; use plateau or onecycle."

@@ -11,9 +11,11 @@ from torch import nn
 from cifar_lib import speed
 from cifar_lib.augment import (
     AugmentationConfig,
+    alternate_flips,
     build_test_transform,
     build_train_transform,
 )
+from cifar_lib.data import CIFAR10Arrays, get_data_loaders, set_epoch
 from cifar_lib.models import CIFAR10Netv2
 from cifar_lib.speed import (
     BatchAugment,
@@ -251,6 +253,53 @@ def test_tensor_loader_visits_every_image_once_with_its_label():
     assert sorted(pairs) == sorted((i % 256, i % 10) for i in range(count))
     first = [label for _, label in pairs[:32]]
     assert first != list(labels[:32])  # shuffled
+
+
+def _flips_seen(backend, config, seed, epochs, count=256):
+    """{epoch: set of the image numbers seen flipped} for a loader of ``backend``:
+    image i (at most 256) is i in its red channel, its blue channel dark on the
+    left and bright on the right."""
+    images = np.zeros((count, 32, 32, 3), np.uint8)
+    images[..., 0] = np.arange(count)[:, None, None]
+    images[:, :, 16:, 2] = 255
+    labels = np.arange(count) % 10
+    if backend == "tensor":
+        loader = TensorBatchLoader(
+            images, labels, 32, shuffle=True, augment=BatchAugment(config), seed=seed
+        )
+    else:
+        arrays = CIFAR10Arrays(images, labels, images[:1], labels[:1], "synthetic", "")
+        loader, _ = get_data_loaders(
+            32, num_workers=0, seed=seed, augmentation=config, arrays=arrays
+        )
+    std, mean = BatchAugment().std.view(3), BatchAugment().mean.view(3)
+    seen = {}
+    for epoch in epochs:
+        set_epoch(loader, seed, epoch)
+        numbers, flipped = [], []
+        for batch, _ in loader:
+            pixels = batch[:, :, 0, 0] * std + mean  # top-left pixel, 0 to 1
+            numbers += (pixels[:, 0] * 255).round().long().tolist()
+            flipped += (pixels[:, 2] > 0.5).tolist()
+        assert sorted(numbers) == list(range(count))
+        seen[epoch] = {n for n, f in zip(numbers, flipped, strict=True) if f}
+    return seen
+
+
+@pytest.mark.parametrize("backend", ["tensor", "albumentations"])
+def test_alternating_flip_flips_each_image_every_other_epoch(backend):
+    config = AugmentationConfig(affine_p=0, hole_p=0, alternate_flip=True)
+    seen = _flips_seen(backend, config, seed=3, epochs=[1, 2, 3, 4])
+    everyone = set(range(256))
+    assert abs(len(seen[1]) - 128) < 5 * 8  # a fair coin per image: 5 sigma
+    assert seen[2] == everyone - seen[1] and seen[3] == seen[1]
+    assert seen[4] == seen[2]
+    assert seen[1] == set(np.flatnonzero(alternate_flips(256, 3, 1)))
+    other_seed = _flips_seen(backend, config, seed=4, epochs=[1])
+    assert other_seed[1] != seen[1]
+    # the same test sees that plain random flips are not alternating
+    plain = _flips_seen(backend, AugmentationConfig(affine_p=0, hole_p=0), 3, [1, 2])
+    assert plain[2] != set(range(256)) - plain[1]
 
 
 def test_tensor_loader_normalises_like_albumentations():

@@ -6,6 +6,7 @@ import torch
 
 from cifar_lib import checkpoints
 from cifar_lib import train as training
+from cifar_lib.augment import AugmentationConfig
 from cifar_lib.errors import (
     CheckpointError,
     ConfigError,
@@ -290,6 +291,13 @@ def test_recipes_do_not_share_their_augmentation():
     changed = get_recipe("fast")
     changed.augmentation.hole_p = 0.9
     assert get_recipe("fast").augmentation.hole_p != 0.9
+
+
+def test_alternating_flip_needs_even_odds():
+    flips = AugmentationConfig(flip_p=0.3, alternate_flip=True)
+    with pytest.raises(ConfigError, match="alternate_flip .* flip_p is 0.3"):
+        get_recipe("fast", augmentation=flips)
+    get_recipe("fast", augmentation=AugmentationConfig(alternate_flip=True))
 
 
 def test_seed_out_of_range_is_refused():
