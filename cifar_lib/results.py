@@ -94,6 +94,76 @@ def bench_round_speedups(bench: dict) -> list[float]:
     return [ours / theirs for ours, theirs in pairs]
 
 
+def runs_of_recipe(name: str, results_dir: Path = ROOT / "results") -> list[dict]:
+    """Every recorded run that trained recipe ``name`` as it is now, whatever its
+    seed or hardware: ``results/<name>.json`` and the files in
+    ``results/ablations/`` whose recipe differs from it in the seed at most (the
+    fields that only decide how the arithmetic is done do not count). Each as
+    {file, seed, best_accuracy, epochs_to_target, epochs, data, hardware}, sorted
+    by hardware, then seed."""
+    from cifar_lib.train import RECIPES, Recipe
+
+    recipe = RECIPES[name]
+    wanted = {**recipe.what_is_trained(), "seed": None}
+    paths = [results_dir / f"{name}.json"]
+    paths += sorted((results_dir / "ablations").glob("*.json"))
+    found = []
+    for path in paths:
+        if not path.exists():
+            continue
+        run = json.loads(path.read_text())
+        trained = Recipe.from_dict(run["recipe_settings"]).what_is_trained()
+        if {**trained, "seed": None} != wanted:
+            continue
+        reached = [
+            row["epoch"]
+            for row in run["history"]
+            if row["test_accuracy"] >= recipe.target
+        ]
+        found.append(
+            {
+                "file": path.relative_to(results_dir).as_posix(),
+                "seed": trained["seed"],
+                "best_accuracy": run["best_accuracy"],
+                "epochs_to_target": reached[0] if reached else None,
+                "epochs": len(run["history"]),
+                "data": run["data"],
+                "hardware": run["hardware"],
+            }
+        )
+    return sorted(found, key=lambda r: (r["hardware"], r["seed"], r["file"]))
+
+
+def _seeds_markdown(name: str, results_dir: Path) -> str | None:
+    """The table of ``runs_of_recipe(name)``, with how many reached the target."""
+    runs = runs_of_recipe(name, results_dir)
+    if len(runs) < 2:
+        return None
+    from cifar_lib.train import RECIPES
+
+    recipe = RECIPES[name]
+    rows = [
+        "| file | seed | best test accuracy | epoch it reached "
+        f"{recipe.target:.0%} | data | hardware |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    for r in runs:
+        reached = r["epochs_to_target"] or f"not in {r['epochs']}"
+        rows.append(
+            f"| {r['file']} | {r['seed']} | {r['best_accuracy']:.2%} | {reached} | "
+            f"{r['data']} | {r['hardware']} |"
+        )
+    hit = sum(r["epochs_to_target"] is not None for r in runs)
+    accuracies = [r["best_accuracy"] for r in runs]
+    return (
+        f"**The {name} recipe as it is now, every recorded run** (the same recipe, "
+        f"seeds and hardware differ): {recipe.target:.0%} reached within "
+        f"{recipe.epochs} epochs in **{hit} of {len(runs)}** runs; best test "
+        f"accuracy {min(accuracies):.2%} to {max(accuracies):.2%}, mean "
+        f"{sum(accuracies) / len(accuracies):.2%}.\n\n" + "\n".join(rows)
+    )
+
+
 def results_markdown(results_dir: Path = ROOT / "results") -> str:
     """The README's results section, from the JSON files in ``results_dir``."""
     parts = []
@@ -188,6 +258,9 @@ def results_markdown(results_dir: Path = ROOT / "results") -> str:
                 f"{r['hardware']} | {r['date']} |"
             )
         parts.append("**Training runs.**\n\n" + "\n".join(rows))
+        if (results_dir / "fast.json").exists():
+            seeds = _seeds_markdown("fast", results_dir)
+            parts += [seeds] if seeds else []
     ablations = sorted((results_dir / "ablations").glob("*.json"))
     if ablations:
         rows = [

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from cifar_lib.results import ROOT, results_markdown, updated_readme
+from cifar_lib.results import ROOT, results_markdown, runs_of_recipe, updated_readme
 
 
 def test_readme_results_block_is_made_from_results_folder():
@@ -26,6 +26,43 @@ def test_shipped_results_are_those_of_the_shipped_recipes():
         settings = Recipe.from_dict(json.loads(path.read_text())["recipe_settings"])
         shipped = RECIPES[path.stem].what_is_trained()
         assert settings.what_is_trained() == shipped, f"{path.name} is stale"
+
+
+def test_runs_of_the_fast_recipe_are_found_and_counted(tmp_path: Path):
+    import json
+
+    from cifar_lib.train import get_recipe
+
+    def write(name, recipe, accuracies):
+        history = [
+            {"epoch": e, "test_accuracy": a} for e, a in enumerate(accuracies, 1)
+        ]
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        run = {"recipe_settings": recipe.to_dict(), "history": history}
+        run.update(best_accuracy=max(accuracies), data="toy", hardware="here")
+        reached = [e for e, a in enumerate(accuracies, 1) if a >= 0.85]
+        run.update(recipe="fast", epochs_to_85=reached[0] if reached else None)
+        run.update(best_accuracy_flip_tta=max(accuracies), date="today", variant=name)
+        path.write_text(json.dumps(run))
+
+    write("fast.json", get_recipe("fast"), [0.5, 0.851])
+    write("ablations/a.json", get_recipe("fast", seed=3), [0.86, 0.84])
+    write("ablations/b.json", get_recipe("fast", seed=1, amp=True), [0.5, 0.84])
+    write("ablations/c.json", get_recipe("fast", lr=0.1), [0.9, 0.9])  # not it
+    runs = runs_of_recipe("fast", tmp_path)
+    assert [(r["file"], r["seed"]) for r in runs] == [
+        ("fast.json", 0),
+        ("ablations/b.json", 1),
+        ("ablations/a.json", 3),
+    ]
+    assert [r["epochs_to_target"] for r in runs] == [2, None, 1]
+    table = results_markdown(tmp_path)
+    assert "within 8 epochs in **2 of 3** runs" in table
+    assert (
+        "mean 85.03%" in table
+        and "| ablations/b.json | 1 | 84.00% | not in 2 |" in table
+    )
 
 
 def test_results_markdown_without_files(tmp_path: Path):
