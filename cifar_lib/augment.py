@@ -87,10 +87,11 @@ def build_train_transform(
 ) -> A.Compose:
     """The training pipeline: flip, shift-scale-rotate, one hole, normalise, tensor.
 
-    ``normalize=False`` keeps uint8 HWC images, for looking at them.
+    ``normalize=False`` keeps uint8 HWC images, for looking at them. With
+    ``alternate_flip`` the pipeline has no flip of its own: the dataset flips the
+    images that the epoch's ``alternate_flips`` names (``data.ArrayDataset``).
     """
     config = config or AugmentationConfig()
-    # with alternating flip the flip is chosen by the dataset (data.ArrayDataset)
     flip_p = 0.0 if config.alternate_flip else config.flip_p
     steps = [
         A.HorizontalFlip(p=flip_p),
