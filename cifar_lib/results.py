@@ -94,6 +94,17 @@ def bench_round_speedups(bench: dict) -> list[float]:
     return [ours / theirs for ours, theirs in pairs]
 
 
+def first_reaching(history: list[dict], level: float) -> tuple[int, float] | None:
+    """(epoch, seconds of training and evaluation until then) of the first epoch
+    whose test accuracy reached ``level``; None if none did."""
+    seconds = 0.0
+    for row in history:
+        seconds += row["seconds"]
+        if row["test_accuracy"] >= level:
+            return row["epoch"], round(seconds, 1)
+    return None
+
+
 def runs_of_recipe(name: str, results_dir: Path = ROOT / "results") -> list[dict]:
     """Every recorded run that trained recipe ``name`` as it is now, whatever its
     seed or hardware: ``results/<name>.json`` and the files in
@@ -115,11 +126,7 @@ def runs_of_recipe(name: str, results_dir: Path = ROOT / "results") -> list[dict
         trained = Recipe.from_dict(run["recipe_settings"]).what_is_trained()
         if {**trained, "seed": None} != wanted:
             continue
-        reached = [
-            row["epoch"]
-            for row in run["history"]
-            if row["test_accuracy"] >= recipe.target
-        ]
+        reached = first_reaching(run["history"], recipe.target)
         found.append(
             {
                 "file": path.relative_to(results_dir).as_posix(),
@@ -323,11 +330,8 @@ def record_run(
     test = TensorBatchLoader(arrays.test_images, arrays.test_labels, 1000, device)
     _, plain = evaluate(model, test, device)
     _, flipped = evaluate(model, test, device, flip=True)
-    seconds, reached = 0.0, None
-    for row in history:
-        seconds += row["seconds"]
-        if reached is None and row["test_accuracy"] >= 0.85:
-            reached = (row["epoch"], round(seconds, 1))
+    reached = first_reaching(history, 0.85)
+    seconds = sum(row["seconds"] for row in history)
     # where and when it trained (run.json of runs made before this was kept in it
     # holds none: then this machine, now)
     machine = settings.get("machine") or provenance()

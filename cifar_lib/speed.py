@@ -760,7 +760,6 @@ class TensorBatchLoader:
         self.train = augment is not None
         self.generator = torch.Generator(device=device)
         self.order_generator = torch.Generator()
-        self.alternate_flip = self.train and self.augment.config.alternate_flip
         self.flipped = None  # with alternating flip: this epoch's, per image
         self.set_epoch(seed, 0)
 
@@ -775,7 +774,7 @@ class TensorBatchLoader:
         epoch_seed = seed * 100_003 + epoch
         self.generator.manual_seed(epoch_seed)
         self.order_generator.manual_seed(epoch_seed)
-        if self.alternate_flip:
+        if self.train and self.augment.config.alternate_flip:
             from cifar_lib.augment import alternate_flips
 
             flipped = alternate_flips(len(self.labels), seed, epoch)
@@ -793,7 +792,7 @@ class TensorBatchLoader:
             index = order[start : start + self.chunk]
             images, labels = self.images[index], self.labels[index]
             if self.train:
-                flip = self.flipped[index] if self.alternate_flip else None
+                flip = None if self.flipped is None else self.flipped[index]
                 images = self.augment(images, self.generator, flip)
             else:
                 images = _normalise(images, self.augment)
