@@ -82,6 +82,15 @@ class ResidualBlock(nn.Module):
         return self.relu(x + self.body(x))
 
 
+def _separable_bn(channels: int, dilation: int = 1) -> nn.Sequential:
+    """A depthwise-separable convolution ending in BN, no ReLU (nor dropout): the
+    last layer of a residual body at 8x8 in ``CIFAR10ResNetLinearEnds``. The same
+    modules as ``DepthwiseSeparableConv2d`` up to its last BatchNorm."""
+    return nn.Sequential(
+        *list(DepthwiseSeparableConv2d(channels, channels, dilation=dilation))[:5]
+    )
+
+
 def _conv_bn(channels: int, dilation: int = 1) -> nn.Sequential:
     """3x3 conv and BN, no ReLU: the last layer of a residual body."""
     return nn.Sequential(
@@ -106,6 +115,7 @@ class CIFAR10ResNet(nn.Module):
         dropout: float = 0.0,
         widths: tuple[int, int, int] = (32, 64, 128),
         stage1_blocks: int = 1,
+        linear_ends: bool = False,
     ) -> None:
         super().__init__()
         d = dropout
@@ -122,18 +132,18 @@ class CIFAR10ResNet(nn.Module):
             nn.Sequential(ConvBNReLU(w2, w2, dropout=d), _conv_bn(w2, dilation=2))
         )
         self.down2 = DepthwiseSeparableConv2d(w2, w3, stride=2, dropout=d)  # -> 8x8
+
+        def last(dilation: int = 1) -> nn.Module:  # the last layer of a body at 8x8
+            if linear_ends:
+                return _separable_bn(w3, dilation)
+            return DepthwiseSeparableConv2d(w3, w3, dilation=dilation, dropout=d)
+
         self.stage3 = nn.Sequential(
             ResidualBlock(
-                nn.Sequential(
-                    DepthwiseSeparableConv2d(w3, w3, dropout=d),
-                    DepthwiseSeparableConv2d(w3, w3, dilation=2, dropout=d),
-                )
+                nn.Sequential(DepthwiseSeparableConv2d(w3, w3, dropout=d), last(2))
             ),
             ResidualBlock(
-                nn.Sequential(
-                    DepthwiseSeparableConv2d(w3, w3, dropout=d),
-                    DepthwiseSeparableConv2d(w3, w3, dropout=d),
-                )
+                nn.Sequential(DepthwiseSeparableConv2d(w3, w3, dropout=d), last())
             ),
         )
         self.gap = nn.AdaptiveAvgPool2d(1)
@@ -155,10 +165,22 @@ class CIFAR10ResNetDeep(CIFAR10ResNet):
         super().__init__(num_classes, dropout, widths=(32, 64, 112), stage1_blocks=2)
 
 
+class CIFAR10ResNetLinearEnds(CIFAR10ResNet):
+    """``CIFAR10ResNet`` whose residual bodies at 8x8 end in BatchNorm, as those
+    at 32x32 and 16x16 do, instead of BatchNorm and ReLU (same 194,666
+    parameters). With the ReLU a body's output is never negative, so each block
+    can only add to its input's activations, never take away; a standard
+    residual block (He et al. 2016) adds the body's output before the ReLU."""
+
+    def __init__(self, num_classes: int = 10, dropout: float = 0.0) -> None:
+        super().__init__(num_classes, dropout, linear_ends=True)
+
+
 MODELS = {
     "CIFAR10Netv2": CIFAR10Netv2,
     "CIFAR10ResNet": CIFAR10ResNet,
     "CIFAR10ResNetDeep": CIFAR10ResNetDeep,
+    "CIFAR10ResNetLinearEnds": CIFAR10ResNetLinearEnds,
 }
 
 

@@ -73,7 +73,11 @@ def test_constraints_pass_for_the_reference():
 
 @pytest.mark.parametrize(
     ("name", "parameters", "field"),
-    [("CIFAR10ResNet", 194_666, 65), ("CIFAR10ResNetDeep", 195_818, 69)],
+    [
+        ("CIFAR10ResNet", 194_666, 65),
+        ("CIFAR10ResNetDeep", 195_818, 69),
+        ("CIFAR10ResNetLinearEnds", 194_666, 65),
+    ],
 )
 def test_residual_models_meet_every_constraint(name, parameters, field):
     from cifar_lib.receptive_field import receptive_field
@@ -84,6 +88,27 @@ def test_residual_models_meet_every_constraint(name, parameters, field):
     report = check_constraints(model)
     assert report.passed, str(report)
     assert receptive_field(model) == field
+
+
+def test_linear_ends_let_a_block_take_away():
+    """In CIFAR10ResNet the bodies at 8x8 end in ReLU, so they only ever add to
+    their input; in CIFAR10ResNetLinearEnds they end in BatchNorm and can
+    subtract. Same parameters, same names: only the last ReLU of each is gone."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 128, 8, 8)
+    plain, linear = build_model("CIFAR10ResNet"), build_model("CIFAR10ResNetLinearEnds")
+    assert list(plain.state_dict()) == list(linear.state_dict())
+    linear.load_state_dict(plain.state_dict())
+    for model, can_subtract in [(plain, False), (linear, True)]:
+        model.train()
+        for block in model.stage3:
+            assert isinstance(
+                block.body[-1][-1 if can_subtract else -3], nn.BatchNorm2d
+            )
+            out = block.body(x)
+            assert bool((out < 0).any()) == can_subtract
+    relus = lambda m: sum(isinstance(n, nn.ReLU) for n in m.modules())  # noqa: E731
+    assert relus(plain) - relus(linear) == 2
 
 
 class WithMaxPool(CIFAR10Netv2):
