@@ -77,6 +77,7 @@ def test_constraints_pass_for_the_reference():
         ("CIFAR10ResNet", 194_666, 65),
         ("CIFAR10ResNetDeep", 195_818, 69),
         ("CIFAR10ResNetLinearEnds", 194_666, 65),
+        ("CIFAR10ResNetSeparable", 198_378, 65),
     ],
 )
 def test_residual_models_meet_every_constraint(name, parameters, field):
