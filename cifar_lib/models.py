@@ -84,8 +84,9 @@ class ResidualBlock(nn.Module):
 
 def _separable_bn(channels: int, dilation: int = 1) -> nn.Sequential:
     """A depthwise-separable convolution ending in BN, no ReLU (nor dropout): the
-    last layer of a residual body at 8x8 in ``CIFAR10ResNetLinearEnds``. The same
-    modules as ``DepthwiseSeparableConv2d`` up to its last BatchNorm."""
+    last layer of a residual body built of them (``CIFAR10ResNetLinearEnds``,
+    ``CIFAR10ResNetSeparable``). The same modules as ``DepthwiseSeparableConv2d``
+    up to its last BatchNorm."""
     return nn.Sequential(
         *list(DepthwiseSeparableConv2d(channels, channels, dilation=dilation))[:5]
     )
@@ -181,7 +182,9 @@ class CIFAR10ResNetSeparable(CIFAR10ResNet):
     paid for with depthwise-separable convolutions from the first downsampling on
     (198,378 parameters): more channels for the same budget, at the cost of
     convolutions that mix space and channels in two steps. The residual body at
-    16x16 ends in BatchNorm, as those at 32x32 do."""
+    16x16 ends in BatchNorm, as those at 32x32 do. Built by replacing two modules
+    of a wider ``CIFAR10ResNet``, so a seed gives the random start that the
+    recorded runs (``results/ablations/fast_separable_seed*.json``) had."""
 
     def __init__(self, num_classes: int = 10, dropout: float = 0.0) -> None:
         super().__init__(num_classes, dropout, widths=(48, 96, 160))
