@@ -78,6 +78,7 @@ def test_constraints_pass_for_the_reference():
         ("CIFAR10ResNetDeep", 195_818, 69),
         ("CIFAR10ResNetLinearEnds", 194_666, 65),
         ("CIFAR10ResNetSeparable", 198_378, 65),
+        ("CIFAR10ResNetGELU", 194_666, 65),
     ],
 )
 def test_residual_models_meet_every_constraint(name, parameters, field):
@@ -110,6 +111,26 @@ def test_linear_ends_let_a_block_take_away():
             assert bool((out < 0).any()) == can_subtract
     relus = lambda m: sum(isinstance(n, nn.ReLU) for n in m.modules())  # noqa: E731
     assert relus(plain) - relus(linear) == 2
+
+
+def test_gelu_variant_differs_only_in_its_activations():
+    """CIFAR10ResNetGELU: the same weights and the same random start for a seed,
+    no ReLU left, one GELU where each ReLU was; so its outputs differ."""
+    kinds = lambda m: [type(n).__name__ for n in list(m.modules())[1:]]  # noqa: E731
+    torch.manual_seed(0)
+    plain = build_model("CIFAR10ResNet")
+    torch.manual_seed(0)
+    gelu = build_model("CIFAR10ResNetGELU")
+    assert list(plain.state_dict()) == list(gelu.state_dict())
+    for a, b in zip(
+        plain.state_dict().values(), gelu.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+    assert kinds(gelu) == ["GELU" if k == "ReLU" else k for k in kinds(plain)]
+    assert "ReLU" not in kinds(gelu) and kinds(plain).count("ReLU") > 0
+    x = torch.randn(4, 3, 32, 32)
+    plain.eval(), gelu.eval()
+    assert not torch.allclose(plain(x), gelu(x))
 
 
 class WithMaxPool(CIFAR10Netv2):
