@@ -105,17 +105,35 @@ def first_reaching(history: list[dict], level: float) -> tuple[int, float] | Non
     return None
 
 
-def runs_of_recipe(name: str, results_dir: Path = ROOT / "results") -> list[dict]:
-    """Every recorded run that trained recipe ``name`` as it is now, whatever its
-    seed or hardware: ``results/<name>.json`` and the files in
-    ``results/ablations/`` whose recipe differs from it in the seed at most (the
-    fields that only decide how the arithmetic is done do not count). Each as
-    {file, seed, best_accuracy, epochs_to_target, epochs, data, hardware}, sorted
-    by hardware, then seed."""
+def recipe_changes(settings: dict) -> list[str]:
+    """What a recorded run trained differently from its recipe as shipped now
+    (``RECIPES[settings["name"]]``): "field value" for each field that decides
+    what is trained, the seed aside, and the augmentation's fields one by one.
+    An empty list: the recipe as it is, with some seed."""
     from cifar_lib.train import RECIPES, Recipe
 
-    recipe = RECIPES[name]
-    wanted = {**recipe.what_is_trained(), "seed": None}
+    trained = Recipe.from_dict(settings).what_is_trained()
+    shipped = RECIPES[trained["name"]].what_is_trained()
+    changes = []
+    for key, value in trained.items():
+        if key in ("name", "seed"):
+            continue
+        if key == "augmentation":
+            changes += [f"{k} {v}" for k, v in value.items() if shipped[key][k] != v]
+        elif value != shipped[key]:
+            changes.append(f"{key} {value}")
+    return changes
+
+
+def recorded_runs(name: str, results_dir: Path = ROOT / "results") -> list[dict]:
+    """Every recorded run of recipe ``name``, as shipped or changed, whatever its
+    seed or hardware: ``results/<name>.json`` and the files in
+    ``results/ablations/`` made from it. Each as {file, seed, changes (see
+    ``recipe_changes``), best_accuracy, epochs_to_target, epochs, data,
+    hardware}, sorted by hardware, then seed."""
+    from cifar_lib.train import RECIPES
+
+    target = RECIPES[name].target
     paths = [results_dir / f"{name}.json"]
     paths += sorted((results_dir / "ablations").glob("*.json"))
     found = []
@@ -123,14 +141,15 @@ def runs_of_recipe(name: str, results_dir: Path = ROOT / "results") -> list[dict
         if not path.exists():
             continue
         run = json.loads(path.read_text())
-        trained = Recipe.from_dict(run["recipe_settings"]).what_is_trained()
-        if {**trained, "seed": None} != wanted:
+        settings = run["recipe_settings"]
+        if settings["name"] != name:
             continue
-        reached = first_reaching(run["history"], recipe.target)
+        reached = first_reaching(run["history"], target)
         found.append(
             {
                 "file": path.relative_to(results_dir).as_posix(),
-                "seed": trained["seed"],
+                "seed": settings["seed"],
+                "changes": recipe_changes(settings),
                 "best_accuracy": run["best_accuracy"],
                 "epochs_to_target": reached[0] if reached else None,
                 "epochs": len(run["history"]),
@@ -139,6 +158,13 @@ def runs_of_recipe(name: str, results_dir: Path = ROOT / "results") -> list[dict
             }
         )
     return sorted(found, key=lambda r: (r["hardware"], r["seed"], r["file"]))
+
+
+def runs_of_recipe(name: str, results_dir: Path = ROOT / "results") -> list[dict]:
+    """The runs of ``recorded_runs(name)`` that trained the recipe as it is now:
+    they differ from it in the seed at most (the fields that only decide how the
+    arithmetic is done do not count)."""
+    return [r for r in recorded_runs(name, results_dir) if not r["changes"]]
 
 
 def _seeds_markdown(name: str, results_dir: Path) -> str | None:
@@ -271,9 +297,9 @@ def results_markdown(results_dir: Path = ROOT / "results") -> str:
     ablations = sorted((results_dir / "ablations").glob("*.json"))
     if ablations:
         rows = [
-            "| variant | epochs | best test accuracy | raw weights | data | hardware "
-            "| date |",
-            "|---|---:|---:|---:|---|---|---|",
+            "| variant | recipe | changed from it as shipped | seed | epochs | best "
+            "test accuracy | raw weights | data | hardware | date |",
+            "|---|---|---|---:|---:|---:|---:|---|---|---|",
         ]
         for path in ablations:
             r = json.loads(path.read_text())
@@ -282,8 +308,12 @@ def results_markdown(results_dir: Path = ROOT / "results") -> str:
                 for row in r["history"]
                 if "raw_test_accuracy" in row
             ]
+            settings = r["recipe_settings"]
+            changed = ", ".join(recipe_changes(settings)) or "nothing"
             rows.append(
-                f"| {r['variant']} | {len(r['history'])} | {r['best_accuracy']:.2%} | "
+                f"| {r['variant']} | {settings['name']} | {changed} | "
+                f"{settings['seed']} | {len(r['history'])} | "
+                f"{r['best_accuracy']:.2%} | "
                 + (f"{max(raw):.2%}" if raw else "-")
                 + f" | {r['data']} | {r['hardware']} | {r['date']} |"
             )

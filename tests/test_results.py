@@ -1,6 +1,13 @@
 from pathlib import Path
 
-from cifar_lib.results import ROOT, results_markdown, runs_of_recipe, updated_readme
+from cifar_lib.results import (
+    ROOT,
+    recipe_changes,
+    recorded_runs,
+    results_markdown,
+    runs_of_recipe,
+    updated_readme,
+)
 
 
 def test_readme_results_block_is_made_from_results_folder():
@@ -64,6 +71,48 @@ def test_runs_of_the_fast_recipe_are_found_and_counted(tmp_path: Path):
         "mean 85.03%" in table
         and "| ablations/b.json | 1 | 84.00% | not in 2 |" in table
     )
+
+
+def test_recipe_changes_name_what_was_trained_differently():
+    from dataclasses import replace
+
+    from cifar_lib.train import get_recipe
+
+    assert recipe_changes(get_recipe("fast", seed=4, amp=True).to_dict()) == []
+    changed = get_recipe("fast", lr=0.1, model="CIFAR10ResNetGELU")
+    assert recipe_changes(changed.to_dict()) == ["model CIFAR10ResNetGELU", "lr 0.1"]
+    fast = get_recipe("fast")
+    flips = replace(fast, augmentation=replace(fast.augmentation, shift=0.0))
+    assert recipe_changes(flips.to_dict()) == ["shift 0.0"]
+    assert recipe_changes(get_recipe("seed", epochs=3).to_dict()) == ["epochs 3"]
+
+
+def test_changed_runs_are_recorded_runs_with_their_changes(tmp_path: Path):
+    import json
+
+    from cifar_lib.train import get_recipe
+
+    for name, recipe in [
+        ("fast.json", get_recipe("fast")),
+        ("ablations/x.json", get_recipe("fast", seed=2, batch_size=64)),
+        ("ablations/y.json", get_recipe("seed", seed=2)),
+    ]:
+        path = tmp_path / name
+        path.parent.mkdir(exist_ok=True)
+        history = [{"epoch": 1, "test_accuracy": 0.8, "seconds": 1.0}]
+        run = {"recipe_settings": recipe.to_dict(), "history": history}
+        run.update(best_accuracy=0.8, data="toy", hardware="here", variant=path.stem)
+        run.update(recipe="fast", epochs_to_85=None, best_accuracy_flip_tta=0.8)
+        path.write_text(json.dumps(run | {"date": "today"}))
+    runs = recorded_runs("fast", tmp_path)
+    assert [(r["file"], r["changes"]) for r in runs] == [
+        ("fast.json", []),
+        ("ablations/x.json", ["batch_size 64"]),
+    ]
+    assert [r["file"] for r in runs_of_recipe("fast", tmp_path)] == ["fast.json"]
+    table = results_markdown(tmp_path)
+    assert "| x | fast | batch_size 64 | 2 | 1 | 80.00% |" in table
+    assert "| y | seed | nothing | 2 | 1 | 80.00% |" in table
 
 
 def test_results_markdown_without_files(tmp_path: Path):
