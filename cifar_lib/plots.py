@@ -199,3 +199,33 @@ def accuracy_comparison(
     by_epoch.set_title("Test accuracy against epochs")
     by_time.set_title("Test accuracy against training time")
     return figure
+
+
+def runs_by_change(
+    runs: dict[str, list[float]], target: float | None = None, width: int = 45
+) -> Figure:
+    """One row per change to a recipe, one dot per run (its test accuracy, given
+    as a fraction), with the row's mean as a bar. The first row is the recipe as
+    it is: its range is shaded across every row, so a change whose dots sit
+    inside the band did no more than another seed would."""
+    import textwrap
+
+    names = list(runs)
+    figure = Figure(figsize=(9, 0.9 + 0.5 * len(names)), layout="constrained")
+    axis = figure.subplots()
+    base = [100 * a for a in runs[names[0]]]
+    axis.axvspan(min(base), max(base), color="tab:blue", alpha=0.12, lw=0)
+    for row, name in enumerate(names):
+        values = [100 * a for a in runs[name]]
+        axis.plot(values, [row] * len(values), "o", color="tab:blue", alpha=0.7)
+        mean = sum(values) / len(values)
+        axis.plot([mean, mean], [row - 0.3, row + 0.3], color="black", lw=2)
+    if target is not None:
+        axis.axvline(100 * target, color="grey", ls="--", label=f"{target:.0%}")
+        axis.legend(loc="lower right")
+    labels = [textwrap.fill(name, width) for name in names]
+    axis.set_yticks(range(len(names)), labels, fontsize=8)
+    axis.invert_yaxis()  # the recipe as it is on top
+    axis.set(xlabel="test accuracy (%)", title="Each run, by what it changed")
+    axis.grid(axis="x", alpha=0.3)
+    return figure

@@ -1,0 +1,21 @@
+import pytest
+
+from cifar_lib.plots import runs_by_change
+
+
+def test_runs_by_change_draws_each_run_and_the_shipped_band():
+    runs = {"as shipped": [0.84, 0.85], "lr 0.1": [0.83, 0.845, 0.86]}
+    axis = runs_by_change(runs, target=0.85).axes[0]
+    band = axis.patches[0]  # a Rectangle or a Polygon, by matplotlib version
+    xs = band.get_patch_transform().transform(band.get_path().vertices)[:, 0]
+    assert (min(xs), max(xs)) == pytest.approx((84.0, 85.0))
+    dots = [line for line in axis.lines if line.get_marker() == "o"]
+    assert [list(d.get_xdata()) for d in dots] == [
+        pytest.approx([84.0, 85.0]),
+        pytest.approx([83.0, 84.5, 86.0]),
+    ]
+    assert [list(d.get_ydata()) for d in dots] == [[0, 0], [1, 1, 1]]
+    means = [line for line in axis.lines if line.get_linewidth() == 2]
+    assert [m.get_xdata()[0] for m in means] == pytest.approx([84.5, 84.5])
+    assert [t.get_text() for t in axis.get_yticklabels()] == list(runs)
+    assert axis.yaxis_inverted()
