@@ -225,6 +225,7 @@ def runs_by_change(
         axis.legend(loc="lower right")
     labels = [textwrap.fill(name, width) for name in names]
     axis.set_yticks(range(len(names)), labels, fontsize=8)
+    axis.tick_params(axis="y", length=0)  # a tick would sit between wrapped lines
     axis.invert_yaxis()  # the recipe as it is on top
     axis.set(xlabel="test accuracy (%)", title="Each run, by what it changed")
     axis.grid(axis="x", alpha=0.3)

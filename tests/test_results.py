@@ -79,8 +79,8 @@ def test_recipe_changes_name_what_was_trained_differently():
     from cifar_lib.train import get_recipe
 
     assert recipe_changes(get_recipe("fast", seed=4, amp=True).to_dict()) == []
-    changed = get_recipe("fast", lr=0.1, model="CIFAR10ResNetGELU")
-    assert recipe_changes(changed.to_dict()) == ["model CIFAR10ResNetGELU", "lr 0.1"]
+    changed = get_recipe("fast", lr=0.1, model="CIFAR10ResNet")
+    assert recipe_changes(changed.to_dict()) == ["model CIFAR10ResNet", "lr 0.1"]
     fast = get_recipe("fast")
     flips = replace(fast, augmentation=replace(fast.augmentation, shift=0.0))
     assert recipe_changes(flips.to_dict()) == ["shift 0.0"]
