@@ -1,0 +1,112 @@
+"""What the fast recipe's activation costs on this machine: training images per
+second of the fast recipe (batch 32, every other setting as shipped) with ReLU
+(`CIFAR10ResNet`), exact GELU (`CIFAR10ResNetGELU`, the recipe's) and GELU in
+its tanh approximation (``nn.GELU(approximate="tanh")``, defined here: it is not
+a model of the package). The three take turns in one process, round by round, so
+that a burst of load on the machine hits them alike; each figure is the median of
+the rounds, on random CIFAR-sized images (speed does not depend on the pixels).
+
+    python benchmarks/activation_cost.py --out results/bench_cpu_activations.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+
+import torch
+from torch import nn
+
+from cifar_lib import models
+from cifar_lib.bench import _Setup, random_arrays
+from cifar_lib.files import atomic_write_json
+from cifar_lib.results import provenance
+from cifar_lib.train import get_recipe
+
+
+class CIFAR10ResNetGELUTanh(models.CIFAR10ResNet):
+    """``CIFAR10ResNet`` with every ReLU replaced by the tanh approximation of GELU."""
+
+    def __init__(self, num_classes: int = 10, dropout: float = 0.0) -> None:
+        super().__init__(num_classes, dropout)
+        for module in list(self.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, nn.ReLU):
+                    setattr(module, name, nn.GELU(approximate="tanh"))
+
+
+VARIANTS = {
+    "ReLU": "CIFAR10ResNet",
+    "GELU (exact, erf)": "CIFAR10ResNetGELU",
+    "GELU (tanh approximation)": "CIFAR10ResNetGELUTanh",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=40, help="steps per round")
+    args = parser.parse_args()
+    if args.rounds < 1 or args.steps < 1:
+        parser.error("--rounds and --steps: give 1 or more.")
+    models.MODELS["CIFAR10ResNetGELUTanh"] = CIFAR10ResNetGELUTanh
+    device = torch.device("cpu")
+    recipe = get_recipe("fast")
+    arrays = random_arrays(max(10_000, recipe.batch_size * (args.steps + 5)))
+    setups = {
+        name: _Setup(
+            dataclasses.replace(recipe, model=model), device, arrays, reference=False
+        )
+        for name, model in VARIANTS.items()
+    }
+    for setup in setups.values():  # warm-up: allocator, kernels, caches
+        setup.end_to_end(5)
+    rates = {name: {"train": [], "model": []} for name in setups}
+    for turn in range(args.rounds):
+        for name, setup in setups.items():
+            rates[name]["train"].append(round(setup.end_to_end(args.steps), 1))
+            rates[name]["model"].append(round(setup.model_step(args.steps), 1))
+        print(turn, json.dumps({n: r["model"][-1] for n, r in rates.items()}))
+    median = {
+        name: {part: statistics.median(values) for part, values in parts.items()}
+        for name, parts in rates.items()
+    }
+    relu = median["ReLU"]
+    rows = [
+        {
+            "activation": name,
+            "model": VARIANTS[name],
+            "train_images_per_s": round(parts["train"], 1),
+            "model_images_per_s": round(parts["model"], 1),
+            # time per image against ReLU's
+            "train_time_vs_relu": round(relu["train"] / parts["train"], 3),
+            "model_time_vs_relu": round(relu["model"] / parts["model"], 3),
+            "train_each_round": rates[name]["train"],
+            "model_each_round": rates[name]["model"],
+        }
+        for name, parts in median.items()
+    ]
+    for row in rows:
+        print(
+            f"{row['activation']:<28} end to end {row['train_images_per_s']:6.0f} "
+            f"images/s ({row['train_time_vs_relu']:.2f}x ReLU's time), model step "
+            f"{row['model_images_per_s']:6.0f} ({row['model_time_vs_relu']:.2f}x)"
+        )
+    report = {
+        "what": "training images per second of the fast recipe (batch 32) by "
+        "activation, end to end (augmentation, forward, backward, step) and the "
+        "model step alone (one fixed batch)",
+        **provenance(device),
+        "threads": torch.get_num_threads(),
+        "rounds": args.rounds,
+        "steps": args.steps,
+        "variants": rows,
+    }
+    atomic_write_json(args.out, report)
+
+
+if __name__ == "__main__":
+    main()
