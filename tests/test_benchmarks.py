@@ -1,0 +1,76 @@
+"""The activation benchmark (benchmarks/activation_cost.py): its tanh variant is the
+fast recipe's model with the approximation in every place of a ReLU, and a short run
+writes one row per activation whose ratios are the rates it measured."""
+
+import importlib.util
+import json
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from cifar_lib import models
+from cifar_lib.models import CIFAR10ResNet, CIFAR10ResNetGELU
+from cifar_lib.results import ROOT
+
+
+def _benchmark():
+    path = ROOT / "benchmarks" / "activation_cost.py"
+    spec = importlib.util.spec_from_file_location("activation_cost", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _activations(model):
+    return [type(m).__name__ + getattr(m, "approximate", "") for m in model.modules()]
+
+
+def test_tanh_variant_replaces_every_relu_with_the_approximation():
+    torch.manual_seed(0)
+    tanh = _benchmark().CIFAR10ResNetGELUTanh()
+    torch.manual_seed(0)
+    exact = CIFAR10ResNetGELU()
+    relus = _activations(CIFAR10ResNet()).count("ReLU")
+    assert relus > 0
+    assert _activations(tanh).count("GELUtanh") == relus
+    assert not any(isinstance(m, nn.ReLU) for m in tanh.modules())
+    assert _activations(exact).count("GELUnone") == relus
+    # the same weights and random start as the exact model
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            tanh.state_dict().values(), exact.state_dict().values(), strict=True
+        )
+    )
+
+
+def test_short_run_writes_ratios_of_its_own_rates(tmp_path, monkeypatch):
+    out = tmp_path / "activations.json"
+    argv = ["activation_cost.py", "--out", str(out), "--rounds", "1", "--steps", "2"]
+    monkeypatch.setattr(sys, "argv", argv)
+    # main() adds its variant to the registry: taken out again after the test
+    monkeypatch.setitem(models.MODELS, "CIFAR10ResNetGELUTanh", None)
+    _benchmark().main()
+    report = json.loads(out.read_text())
+    rows = {row["activation"]: row for row in report["variants"]}
+    assert list(rows) == ["ReLU", "GELU (exact, erf)", "GELU (tanh approximation)"]
+    relu = rows["ReLU"]
+    assert relu["train_time_vs_relu"] == relu["model_time_vs_relu"] == 1.0
+    for row in rows.values():
+        assert len(row["train_each_round"]) == len(row["model_each_round"]) == 1
+        assert row["train_images_per_s"] > 0
+        ratio = relu["train_images_per_s"] / row["train_images_per_s"]
+        assert row["train_time_vs_relu"] == pytest.approx(ratio, abs=2e-3)
+    assert report["rounds"] == 1 and report["steps"] == 2 and report["commit"]
+
+
+def test_refuses_zero_rounds(tmp_path, monkeypatch, capsys):
+    argv = ["activation_cost.py", "--out", str(tmp_path / "x.json"), "--rounds", "0"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as stop:
+        _benchmark().main()
+    assert stop.value.code == 2
+    assert "give 1 or more" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
