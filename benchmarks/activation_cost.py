@@ -1,10 +1,11 @@
 """What the fast recipe's activation costs on this machine: training images per
 second of the fast recipe (batch 32, every other setting as shipped) with ReLU
-(`CIFAR10ResNet`), exact GELU (`CIFAR10ResNetGELU`, the recipe's) and GELU in
-its tanh approximation (``nn.GELU(approximate="tanh")``, defined here: it is not
-a model of the package). The three take turns in one process, round by round, so
-that a burst of load on the machine hits them alike; each figure is the median of
-the rounds, on random CIFAR-sized images (speed does not depend on the pixels).
+(`CIFAR10ResNet`), exact GELU (`CIFAR10ResNetGELU`, the recipe's), GELU in its
+tanh approximation (``nn.GELU(approximate="tanh")``, defined here: it is not a
+model of the package) and SiLU (`CIFAR10ResNetSiLU`). They take turns in one
+process, round by round, so that a burst of load on the machine hits them alike;
+each figure is the median of the rounds, on random CIFAR-sized images (speed does
+not depend on the pixels).
 
     python benchmarks/activation_cost.py --out results/bench_cpu_activations.json
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import statistics
 
@@ -31,16 +33,14 @@ class CIFAR10ResNetGELUTanh(models.CIFAR10ResNet):
 
     def __init__(self, num_classes: int = 10, dropout: float = 0.0) -> None:
         super().__init__(num_classes, dropout)
-        for module in list(self.modules()):
-            for name, child in list(module.named_children()):
-                if isinstance(child, nn.ReLU):
-                    setattr(module, name, nn.GELU(approximate="tanh"))
+        models.replace_relu(self, functools.partial(nn.GELU, approximate="tanh"))
 
 
 VARIANTS = {
     "ReLU": "CIFAR10ResNet",
     "GELU (exact, erf)": "CIFAR10ResNetGELU",
     "GELU (tanh approximation)": "CIFAR10ResNetGELUTanh",
+    "SiLU": "CIFAR10ResNetSiLU",
 }
 
 

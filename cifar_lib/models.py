@@ -197,6 +197,17 @@ class CIFAR10ResNetSeparable(CIFAR10ResNet):
         )
 
 
+def replace_relu(model: nn.Module, activation) -> nn.Module:
+    """Replace every ``nn.ReLU`` module of ``model`` by ``activation()``, in place;
+    returns ``model``. Activations have no parameters, so the weights, their names
+    and a seed's random start stay those of the model as built."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.ReLU):
+                setattr(module, name, activation())
+    return model
+
+
 class CIFAR10ResNetGELU(CIFAR10ResNet):
     """``CIFAR10ResNet`` with every ReLU replaced by a GELU (Hendrycks and Gimpel
     2016), x times the standard normal CDF of x: a smooth curve that lets a little
@@ -207,10 +218,19 @@ class CIFAR10ResNetGELU(CIFAR10ResNet):
 
     def __init__(self, num_classes: int = 10, dropout: float = 0.0) -> None:
         super().__init__(num_classes, dropout)
-        for module in list(self.modules()):
-            for name, child in list(module.named_children()):
-                if isinstance(child, nn.ReLU):
-                    setattr(module, name, nn.GELU())
+        replace_relu(self, nn.GELU)
+
+
+class CIFAR10ResNetSiLU(CIFAR10ResNet):
+    """``CIFAR10ResNet`` with every ReLU replaced by a SiLU (x times the logistic
+    sigmoid of x; Elfwing et al. 2018, also called swish): a curve much like GELU's
+    that is cheaper to compute on this project's CPU
+    (``results/bench_cpu_activations.json``). Same parameters and random start as
+    ``CIFAR10ResNet``."""
+
+    def __init__(self, num_classes: int = 10, dropout: float = 0.0) -> None:
+        super().__init__(num_classes, dropout)
+        replace_relu(self, nn.SiLU)
 
 
 MODELS = {
@@ -220,6 +240,7 @@ MODELS = {
     "CIFAR10ResNetLinearEnds": CIFAR10ResNetLinearEnds,
     "CIFAR10ResNetSeparable": CIFAR10ResNetSeparable,
     "CIFAR10ResNetGELU": CIFAR10ResNetGELU,
+    "CIFAR10ResNetSiLU": CIFAR10ResNetSiLU,
 }
 
 

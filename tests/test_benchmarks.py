@@ -55,7 +55,12 @@ def test_short_run_writes_ratios_of_its_own_rates(tmp_path, monkeypatch):
     _benchmark().main()
     report = json.loads(out.read_text())
     rows = {row["activation"]: row for row in report["variants"]}
-    assert list(rows) == ["ReLU", "GELU (exact, erf)", "GELU (tanh approximation)"]
+    assert list(rows) == [
+        "ReLU",
+        "GELU (exact, erf)",
+        "GELU (tanh approximation)",
+        "SiLU",
+    ]
     relu = rows["ReLU"]
     assert relu["train_time_vs_relu"] == relu["model_time_vs_relu"] == 1.0
     for row in rows.values():

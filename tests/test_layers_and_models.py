@@ -79,6 +79,7 @@ def test_constraints_pass_for_the_reference():
         ("CIFAR10ResNetLinearEnds", 194_666, 65),
         ("CIFAR10ResNetSeparable", 198_378, 65),
         ("CIFAR10ResNetGELU", 194_666, 65),
+        ("CIFAR10ResNetSiLU", 194_666, 65),
     ],
 )
 def test_residual_models_meet_every_constraint(name, parameters, field):
@@ -113,24 +114,28 @@ def test_linear_ends_let_a_block_take_away():
     assert relus(plain) - relus(linear) == 2
 
 
-def test_gelu_variant_differs_only_in_its_activations():
-    """CIFAR10ResNetGELU: the same weights and the same random start for a seed,
-    no ReLU left, one GELU where each ReLU was; so its outputs differ."""
+@pytest.mark.parametrize(
+    "name, activation", [("CIFAR10ResNetGELU", "GELU"), ("CIFAR10ResNetSiLU", "SiLU")]
+)
+def test_activation_variant_differs_only_in_its_activations(name, activation):
+    """CIFAR10ResNetGELU and CIFAR10ResNetSiLU: the same weights and the same random
+    start for a seed as CIFAR10ResNet, no ReLU left, their activation where each ReLU
+    was; so their outputs differ."""
     kinds = lambda m: [type(n).__name__ for n in list(m.modules())[1:]]  # noqa: E731
     torch.manual_seed(0)
     plain = build_model("CIFAR10ResNet")
     torch.manual_seed(0)
-    gelu = build_model("CIFAR10ResNetGELU")
-    assert list(plain.state_dict()) == list(gelu.state_dict())
+    variant = build_model(name)
+    assert list(plain.state_dict()) == list(variant.state_dict())
     for a, b in zip(
-        plain.state_dict().values(), gelu.state_dict().values(), strict=True
+        plain.state_dict().values(), variant.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b)
-    assert kinds(gelu) == ["GELU" if k == "ReLU" else k for k in kinds(plain)]
-    assert "ReLU" not in kinds(gelu) and kinds(plain).count("ReLU") > 0
+    assert kinds(variant) == [activation if k == "ReLU" else k for k in kinds(plain)]
+    assert "ReLU" not in kinds(variant) and kinds(plain).count("ReLU") > 0
     x = torch.randn(4, 3, 32, 32)
-    plain.eval(), gelu.eval()
-    assert not torch.allclose(plain(x), gelu(x))
+    plain.eval(), variant.eval()
+    assert not torch.allclose(plain(x), variant(x))
 
 
 class WithMaxPool(CIFAR10Netv2):
