@@ -215,7 +215,7 @@ class Recipe:
 # accuracy here, see results/ablations/ and notebook 06, JPEG copy). With ReLU
 # (model="CIFAR10ResNet") 1 run in 10 reached 85%; with GELU 8 of 8 did, 0.46 to
 # 1.26 points above ReLU with the same seeds 0-4
-# (results/ablations/fast_gelu_seed*.json), at 1.27x ReLU's time per image
+# (results/ablations/fast_gelu_seed*.json), at 1.28x ReLU's time per image
 # (results/bench_cpu_activations.json).
 _FAST = Recipe(
     name="fast",
