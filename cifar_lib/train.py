@@ -213,7 +213,7 @@ class Recipe:
 # moving average of the weights, and light augmentation: flips and shifts only (in
 # 8 epochs the model underfits; the reference's rotation, scaling and hole cost
 # accuracy here, see results/ablations/ and notebook 06, JPEG copy). With ReLU
-# (model="CIFAR10ResNet") 1 run in 10 reached 85%; with GELU 8 of 8 did, 0.46 to
+# (model="CIFAR10ResNet") 1 run in 10 reached 85%; with GELU 10 of 10 did, 0.46 to
 # 1.26 points above ReLU with the same seeds 0-4
 # (results/ablations/fast_gelu_seed*.json), at 1.28x ReLU's time per image
 # (results/bench_cpu_activations.json).
