@@ -80,6 +80,7 @@ def test_constraints_pass_for_the_reference():
         ("CIFAR10ResNetSeparable", 198_378, 65),
         ("CIFAR10ResNetGELU", 194_666, 65),
         ("CIFAR10ResNetSiLU", 194_666, 65),
+        ("CIFAR10DepthwiseResNet", 194_626, 107),
     ],
 )
 def test_residual_models_meet_every_constraint(name, parameters, field):
@@ -174,3 +175,24 @@ def test_constraints_fail_for_too_many_parameters():
     assert not report["receptive field > 44"].passed
     assert report["global average pooling then fully connected"].passed
     assert "FAIL" in str(report)
+
+
+def test_depthwise_resnet_is_built_of_separable_blocks():
+    """CIFAR10DepthwiseResNet: three residual blocks per stage, each a 5x5
+    depthwise then a 1x1 convolution; one dilated block, at 16x16; GELU only."""
+    model = build_model("CIFAR10DepthwiseResNet")
+    for stage, width in [(model.stage1, 48), (model.stage2, 96), (model.stage3, 184)]:
+        assert len(stage) == 3
+        for block in stage:
+            depthwise, pointwise = block.body[0], block.body[3]
+            assert depthwise.groups == width and depthwise.kernel_size == (5, 5)
+            assert pointwise.kernel_size == (1, 1)
+    dilated = [
+        m for m in model.modules() if isinstance(m, nn.Conv2d) and m.dilation != (1, 1)
+    ]
+    assert dilated == [model.stage2[2].body[0]]
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert "GELU" in kinds and "ReLU" not in kinds
+    x = torch.randn(2, 48, 32, 32)
+    assert model.stage1(x).shape == x.shape
+    assert model.down2(model.stage2(model.down1(x))).shape == (2, 184, 8, 8)
