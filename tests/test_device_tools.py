@@ -31,3 +31,21 @@ def test_pack_then_unpack_gives_the_same_files(tmp_path, image_folder):
 def test_pack_refuses_a_folder_without_images(tmp_path):
     with pytest.raises(SystemExit, match="holds no train"):
         _packer().pack(tmp_path, tmp_path / "packed")
+
+
+@pytest.mark.parametrize("script", ["gpu_session.sh", "gpu_graph_check.sh"])
+def test_device_scripts_name_recipes_and_models_that_exist(script):
+    """A lent GPU session is rare and short: a misspelt model or recipe in its
+    script would waste it, so every --recipe and --model named there must exist."""
+    import re
+
+    from cifar_lib.models import MODELS
+    from cifar_lib.train import RECIPES
+
+    text = (ROOT / "benchmarks" / "device" / script).read_text()
+    recipes = re.findall(r"--recipe (\S+)", text)
+    models = re.findall(r"--model (\S+)", text)
+    assert recipes and set(recipes) <= set(RECIPES)
+    assert set(models) <= set(MODELS)
+    if script == "gpu_session.sh":
+        assert "CIFAR10DepthwiseResNet" in models
