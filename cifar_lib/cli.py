@@ -37,6 +37,18 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _decay(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(
+            f"{value} is out of range: give a decay in [0, 1), e.g. 0.99, or 0 for none"
+        )
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -95,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=_positive_int, help="images per step")
     train.add_argument(
         "--lr", type=_positive_float, help="learning rate (peak, for one-cycle)"
+    )
+    train.add_argument(
+        "--ema",
+        type=_decay,
+        metavar="DECAY",
+        help="decay per step of the moving average of the weights that is evaluated "
+        "and saved; it spans about 1/(1 - DECAY) steps; 0 for none (default: the "
+        "recipe's: "
+        + ", ".join(f"{name} {recipe.ema:g}" for name, recipe in RECIPES.items())
+        + ")",
     )
     train.add_argument(
         "--target",
@@ -221,8 +243,8 @@ def _train(args: argparse.Namespace) -> None:
     if args.workers is not None and args.workers < 0:
         raise ConfigError(f"--workers {args.workers} is out of range; use 0 or more.")
     if args.resume:
-        fixed = ("recipe", "model", "epochs", "batch_size", "lr", "target", "seed")
-        fixed += ("subset", "out", "workers")
+        fixed = ("recipe", "model", "epochs", "batch_size", "lr", "ema", "target")
+        fixed += ("seed", "subset", "out", "workers")
         changed = [
             f"--{name.replace('_', '-')}"
             for name in fixed
@@ -246,7 +268,7 @@ def _train(args: argparse.Namespace) -> None:
         return
     overrides = {
         name: getattr(args, name)
-        for name in ("model", "epochs", "batch_size", "lr", "target", "seed")
+        for name in ("model", "epochs", "batch_size", "lr", "ema", "target", "seed")
         if getattr(args, name) is not None
     }
     if args.amp:

@@ -38,6 +38,8 @@ def test_train_end_to_end_on_a_tiny_subset(tmp_path, image_folder):
         "--model",
         "CIFAR10ResNet",
         "--amp",
+        "--ema",
+        "0.9",
         "--out",
         str(out),
         "--no-progress",
@@ -57,6 +59,7 @@ def test_train_end_to_end_on_a_tiny_subset(tmp_path, image_folder):
     assert settings["data"]["subset"] == 64 and settings["recipe"]["epochs"] == 1
     assert settings["recipe"]["model"] == "CIFAR10ResNet"
     assert settings["recipe"]["amp"] is True  # recorded; ignored on a CPU
+    assert settings["recipe"]["ema"] == 0.9 and "(raw weights " in done.stdout
 
 
 def test_summary_reports_count_constraints_and_receptive_field(capsys):
@@ -77,6 +80,7 @@ def test_help_explains_every_option():
         "--out",
         "--device",
         "--seed",
+        "--ema",
         "--subset",
         "--resume",
         "--overwrite",
@@ -95,6 +99,8 @@ def test_help_explains_every_option():
         (["--device", "xla"], "unsupported device 'xla'"),
         (["--device", "gpu"], "unknown device 'gpu'"),
         (["--workers", "-1"], "--workers -1 is out of range"),
+        (["--ema", "1"], "1.0 is out of range: give a decay in [0, 1)"),
+        (["--ema", "x"], "'x' is not a number"),
     ],
 )
 def test_bad_options_exit_non_zero_with_one_sentence(
@@ -135,9 +141,11 @@ def test_missing_folder_layout_is_one_sentence(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_resume_refuses_changed_settings(tmp_path, capsys):
-    assert main(["train", "--resume", str(tmp_path), "--epochs", "3"]) == 2
-    assert "cannot change a run being resumed" in capsys.readouterr().err
+@pytest.mark.parametrize("option", [["--epochs", "3"], ["--ema", "0.99"]])
+def test_resume_refuses_changed_settings(tmp_path, capsys, option):
+    assert main(["train", "--resume", str(tmp_path), *option]) == 2
+    err = capsys.readouterr().err
+    assert "cannot change a run being resumed" in err and option[0] in err
     assert main(["train", "--resume", str(tmp_path), "--model", "CIFAR10Netv2"]) == 2
     assert "--model cannot change a run being resumed" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path), "--amp"]) == 2
