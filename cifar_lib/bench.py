@@ -154,7 +154,7 @@ def run_benchmark(
     }
     threads = torch.get_num_threads()
     log(
-        f"Recipe {recipe.name!r} on {device} ({threads} threads, "
+        f"Recipe {recipe.name!r} ({recipe.model}) on {device} ({threads} threads, "
         f"{platform.processor() or platform.machine()}), batch {recipe.batch_size}, "
         f"mixed precision {setups['recipe'].amp_dtype or 'off'}, "
         f"median of {rounds} rounds of {steps} steps after {warmup} warm-up steps:"
@@ -178,6 +178,7 @@ def run_benchmark(
         log(f"    model step     {parts['model']:8.0f} images/s")
     result = {
         "recipe": recipe.name,
+        "model": recipe.model,
         "device": str(device),
         "threads": threads,
         "batch_size": recipe.batch_size,

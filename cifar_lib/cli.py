@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--recipe", default="seed", choices=sorted(RECIPES))
     bench.add_argument(
+        "--model", choices=sorted(MODELS), help="model (default: the recipe's)"
+    )
+    bench.add_argument(
         "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps"
     )
     bench.add_argument(
@@ -213,6 +216,8 @@ def _bench(args: argparse.Namespace) -> None:
             "create it or choose another path."
         )
     recipe = get_recipe(args.recipe)
+    if args.model:
+        recipe = dataclasses.replace(recipe, model=args.model)
     if args.batch_size:
         recipe = dataclasses.replace(recipe, batch_size=args.batch_size)
     if args.amp:

@@ -238,6 +238,8 @@ def test_bench_ends_with_one_json_line(tmp_path, capsys):
         "1",
         "--warmup",
         "1",
+        "--model",
+        "CIFAR10ResNet",
         "--out",
         str(out),
     ]
@@ -248,3 +250,4 @@ def test_bench_ends_with_one_json_line(tmp_path, capsys):
     saved = json.loads(out.read_text())
     assert saved["train_images_per_s"] == result["train_images_per_s"]
     assert {"date", "hardware", "commit"} <= set(saved)
+    assert saved["recipe"] == "seed" and saved["model"] == "CIFAR10ResNet"

@@ -2,6 +2,7 @@
 (benchmarks/device/pack_images.py): what it unpacks is the folder, byte for byte."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -44,8 +45,44 @@ def test_device_scripts_name_recipes_and_models_that_exist(script):
 
     text = (ROOT / "benchmarks" / "device" / script).read_text()
     recipes = re.findall(r"--recipe (\S+)", text)
-    models = re.findall(r"--model (\S+)", text)
+    models = re.findall(r"--model (\w+)", text)  # not $model: the loop's list is
+    for names in re.findall(r"for model in ([\w ]+); do", text):
+        models += names.split()
     assert recipes and set(recipes) <= set(RECIPES)
     assert set(models) <= set(MODELS)
     if script == "gpu_session.sh":
         assert "CIFAR10DepthwiseResNet" in models
+
+
+def _fit_epochs():
+    path = ROOT / "benchmarks" / "device" / "fit_epochs.py"
+    spec = importlib.util.spec_from_file_location("fit_epochs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fit_epochs_leaves_the_margin_and_shares_the_gpu():
+    fit = _fit_epochs()
+    # 62,500 images/s: 0.8 s of training, 0.2 s of evaluation, 0.5 s: 1.5 s an epoch
+    assert fit.epoch_seconds(62_500) == pytest.approx(1.5)
+    assert fit.epochs_that_fit(300, [62_500]) == 150  # 160 fit; capped at --most
+    assert fit.epochs_that_fit(150, [62_500]) == 80  # 0.8 * 150 / 1.5
+    assert fit.epochs_that_fit(150, [62_500, 62_500]) == 40  # two runs share the GPU
+    assert fit.epochs_that_fit(150, [62_500], margin=1.0) == 100
+    assert fit.epochs_that_fit(1, [62_500]) == 0
+    with pytest.raises(ValueError):
+        fit.epochs_that_fit(100, [])
+
+
+def test_fit_epochs_reads_bench_files_and_refuses_bad_ones(tmp_path, capsys):
+    fit = _fit_epochs()
+    files = []
+    for name in ("a", "b"):
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps({"train_images_per_s": 62_500}))
+    assert fit.main(["150", *map(str, files)]) == 0
+    assert capsys.readouterr().out.strip() == "40"
+    (tmp_path / "bad.json").write_text("{}")
+    assert fit.main(["150", str(tmp_path / "bad.json")]) == 2
+    assert capsys.readouterr().err.startswith("error: no epoch count")

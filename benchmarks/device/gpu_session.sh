@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One session on a lent GPU machine (results/gpu/README.md says what ran how):
-# the CUDA tests, the benchmark with and without the captured training step,
-# the `fast` recipe alone on the GPU for four seeds (each timed as a whole
-# command), then three long runs of `best` side by side until the deadline (ReLU, as
-# recorded, GELU, as the fast recipe now has it, and CIFAR10DepthwiseResNet, 150
-# epochs each, the weights averaged over half an epoch).
+# the CUDA tests, the benchmark of the fast recipe, that recipe alone on the GPU
+# for up to four seeds (each timed as a whole command), then two long runs of `best`
+# side by side until the deadline, GELU's CIFAR10ResNet and CIFAR10DepthwiseResNet,
+# the weights averaged over half an epoch, for as many epochs as the two models'
+# measured rates say will fit (benchmarks/device/fit_epochs.py, at most 150).
 # Everything it measures lands in $OUT: session.log, bench_*.json and runs.tgz
 # (the run folders, refreshed every 20 s so that a run cut off at the deadline
 # still comes back with its last epoch).
@@ -38,25 +38,31 @@ if ! python3 -m pytest -q -o addopts="-p no:cacheprovider" tests/test_graphs.py;
 fi
 TRAIN="$TRAIN $GRAPH"
 
-stamp "benchmarks (GPU otherwise idle)"
-BENCH="python3 -m cifar_lib bench --device cuda --rounds 3"
-$BENCH --recipe fast --steps 300 $GRAPH --out "$OUT/bench_gpu_fast.json"
-$BENCH --recipe fast --steps 300 --no-cuda-graph --no-compare \
-    --out "$OUT/bench_gpu_fast_eager.json"
+stamp "benchmark (GPU otherwise idle)"
+python3 -m cifar_lib bench --device cuda --rounds 3 --recipe fast --steps 300 $GRAPH \
+    --out "$OUT/bench_gpu_fast.json"
 
-fast_runs fast_gpu 60  # a minute for the long runs below
+fast_runs fast_gpu 330  # about five minutes for the long runs below
 
-stamp "side by side until the deadline: three long runs of best"
+stamp "the long runs' models alone: their rates decide how many epochs fit"
+for model in CIFAR10ResNetGELU CIFAR10DepthwiseResNet; do
+    python3 -m cifar_lib bench --device cuda --rounds 1 --steps 100 --no-compare \
+        --recipe best --model $model $GRAPH --out "$OUT/bench_gpu_best_$model.json"
+done
+EPOCHS=$(python3 benchmarks/device/fit_epochs.py $((LIMIT - $(elapsed) - 30)) \
+    "$OUT"/bench_gpu_best_*.json) || exit 1
+[ "$EPOCHS" -ge 10 ] || { stamp "only $EPOCHS epochs would fit: no long runs"; exit 1; }
+
+stamp "side by side until the deadline: two long runs of best, $EPOCHS epochs each"
 # An average with decay 0.999 spans 5 of best's 196-step epochs and ended 0.8 points
 # behind the raw weights in best.json; 0.99 spans half an epoch. Every epoch logs
 # the raw weights' accuracy too, so the runs compare either way.
-LONG="$TRAIN --recipe best --epochs 150 --ema 0.99"
-$LONG --out $RUNS/best_150 > $RUNS/best_150.log 2>&1 &
-# the same with GELU, 0.46-1.26 points above ReLU in the fast recipe's 8 epochs (5 seeds)
-$LONG --model CIFAR10ResNetGELU --out $RUNS/best_gelu_150 > $RUNS/best_gelu_150.log 2>&1 &
+LONG="$TRAIN --recipe best --epochs $EPOCHS --ema 0.99"
+# GELU, 0.46-1.26 points above ReLU in the fast recipe's 8 epochs (5 seeds)
+$LONG --model CIFAR10ResNetGELU --out $RUNS/best_gelu > $RUNS/best_gelu.log 2>&1 &
 # the candidate built for 92%: residual depthwise-separable blocks, 5x5 kernels
 $LONG --model CIFAR10DepthwiseResNet \
-    --out $RUNS/best_depthwise_150 > $RUNS/best_depthwise_150.log 2>&1 &
+    --out $RUNS/best_depthwise > $RUNS/best_depthwise.log 2>&1 &
 while [ -n "$(jobs -r)" ] && [ "$(elapsed)" -lt $((LIMIT - 25)) ]; do
     sleep 20
     pack
