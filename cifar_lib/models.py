@@ -246,10 +246,11 @@ class CIFAR10DepthwiseResNet(nn.Module):
     space are all 3x3), and 48 channels at full resolution (against 32). A public
     network of this shape with 64, 128 and 256 channels (pierandom/separable-resnet
     on GitHub; its README gives 0.45 million parameters, 92.28% on CIFAR-10 after
-    30 epochs with stronger augmentation) suggests it for the ``best`` recipe. On
-    this project's 2-core CPU a training step costs about 2.4 times
-    ``CIFAR10ResNetGELU``'s: depthwise convolutions use the arithmetic units
-    poorly."""
+    30 epochs with stronger augmentation) suggests it for the ``best`` recipe. In
+    the fast recipe it learns more per epoch than ``CIFAR10ResNetGELU``
+    (``results/ablations/fast_depthwise_seed*.json``), but on this project's CPU
+    its epochs take about 2.7 times as long: depthwise convolutions use the
+    arithmetic units poorly."""
 
     def __init__(
         self,
