@@ -1,5 +1,6 @@
-"""The packer that carries the image folder to a lent GPU machine
-(benchmarks/device/pack_images.py): what it unpacks is the folder, byte for byte."""
+"""The tools of a lent GPU session (benchmarks/device/): the packer that carries the
+image folder there unpacks it byte for byte; the session scripts name recipes and
+models that exist; fit_epochs.py sizes the long runs to the time left."""
 
 import importlib.util
 import json
@@ -10,12 +11,17 @@ import pytest
 from cifar_lib.results import ROOT
 
 
-def _packer():
-    path = ROOT / "benchmarks" / "device" / "pack_images.py"
-    spec = importlib.util.spec_from_file_location("pack_images", path)
+def _tool(name):
+    """The script benchmarks/device/NAME.py, imported as a module."""
+    path = ROOT / "benchmarks" / "device" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _packer():
+    return _tool("pack_images")
 
 
 def test_pack_then_unpack_gives_the_same_files(tmp_path, image_folder):
@@ -54,16 +60,8 @@ def test_device_scripts_name_recipes_and_models_that_exist(script):
         assert "CIFAR10DepthwiseResNet" in models
 
 
-def _fit_epochs():
-    path = ROOT / "benchmarks" / "device" / "fit_epochs.py"
-    spec = importlib.util.spec_from_file_location("fit_epochs", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_fit_epochs_leaves_the_margin_and_shares_the_gpu():
-    fit = _fit_epochs()
+    fit = _tool("fit_epochs")
     # 62,500 images/s: 0.8 s of training, 0.2 s of evaluation, 0.5 s: 1.5 s an epoch
     assert fit.epoch_seconds(62_500) == pytest.approx(1.5)
     assert fit.epochs_that_fit(300, [62_500]) == 150  # 160 fit; capped at --most
@@ -76,7 +74,7 @@ def test_fit_epochs_leaves_the_margin_and_shares_the_gpu():
 
 
 def test_fit_epochs_reads_bench_files_and_refuses_bad_ones(tmp_path, capsys):
-    fit = _fit_epochs()
+    fit = _tool("fit_epochs")
     files = []
     for name in ("a", "b"):
         files.append(tmp_path / f"{name}.json")

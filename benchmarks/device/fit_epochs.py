@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 
 TRAIN_IMAGES = 50_000
 EVALUATION_SHARE = 0.25  # two forward passes over 10,000 images, and the files
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rates = [
-            json.loads(open(path).read())["train_images_per_s"] for path in args.bench
+            json.loads(Path(path).read_text())["train_images_per_s"]
+            for path in args.bench
         ]
         epochs = epochs_that_fit(args.seconds, rates, args.margin, args.most)
     except (OSError, KeyError, ValueError) as error:
