@@ -44,6 +44,30 @@ VARIANTS = {
 }
 
 
+def take_turns(variants: dict[str, str], rounds: int, steps: int) -> dict:
+    """Training images per second of the fast recipe with each model of
+    ``variants`` (label: model name), taking turns round by round on the CPU:
+    {label: {"train": [a rate per round], "model": [...]}}."""
+    device = torch.device("cpu")
+    recipe = get_recipe("fast")
+    arrays = random_arrays(max(10_000, recipe.batch_size * (steps + 5)))
+    setups = {
+        name: _Setup(
+            dataclasses.replace(recipe, model=model), device, arrays, reference=False
+        )
+        for name, model in variants.items()
+    }
+    for setup in setups.values():  # warm-up: allocator, kernels, caches
+        setup.end_to_end(5)
+    rates = {name: {"train": [], "model": []} for name in setups}
+    for turn in range(rounds):
+        for name, setup in setups.items():
+            rates[name]["train"].append(round(setup.end_to_end(steps), 1))
+            rates[name]["model"].append(round(setup.model_step(steps), 1))
+        print(turn, json.dumps({n: r["model"][-1] for n, r in rates.items()}))
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True)
@@ -54,22 +78,7 @@ def main() -> None:
         parser.error("--rounds and --steps: give 1 or more.")
     models.MODELS["CIFAR10ResNetGELUTanh"] = CIFAR10ResNetGELUTanh
     device = torch.device("cpu")
-    recipe = get_recipe("fast")
-    arrays = random_arrays(max(10_000, recipe.batch_size * (args.steps + 5)))
-    setups = {
-        name: _Setup(
-            dataclasses.replace(recipe, model=model), device, arrays, reference=False
-        )
-        for name, model in VARIANTS.items()
-    }
-    for setup in setups.values():  # warm-up: allocator, kernels, caches
-        setup.end_to_end(5)
-    rates = {name: {"train": [], "model": []} for name in setups}
-    for turn in range(args.rounds):
-        for name, setup in setups.items():
-            rates[name]["train"].append(round(setup.end_to_end(args.steps), 1))
-            rates[name]["model"].append(round(setup.model_step(args.steps), 1))
-        print(turn, json.dumps({n: r["model"][-1] for n, r in rates.items()}))
+    rates = take_turns(VARIANTS, args.rounds, args.steps)
     median = {
         name: {part: statistics.median(values) for part, values in parts.items()}
         for name, parts in rates.items()
