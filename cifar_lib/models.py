@@ -249,8 +249,9 @@ class CIFAR10DepthwiseResNet(nn.Module):
     30 epochs with stronger augmentation) suggests it for the ``best`` recipe. In
     the fast recipe it learns more per epoch than ``CIFAR10ResNetGELU``
     (``results/ablations/fast_depthwise_seed*.json``), but on this project's CPU
-    its epochs take about 2.7 times as long: depthwise convolutions use the
-    arithmetic units poorly."""
+    a training image costs 2.2 times as long (``results/bench_cpu_depthwise.json``)
+    for 0.64 times the multiply-adds: depthwise convolutions use the arithmetic
+    units poorly."""
 
     def __init__(
         self,

@@ -79,3 +79,40 @@ def test_refuses_zero_rounds(tmp_path, monkeypatch, capsys):
     assert stop.value.code == 2
     assert "give 1 or more" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def _model_cost(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # it imports activation_cost
+    path = ROOT / "benchmarks" / "model_cost.py"
+    spec = importlib.util.spec_from_file_location("model_cost", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_model_cost_writes_times_against_the_first_model(tmp_path, monkeypatch):
+    out = tmp_path / "models.json"
+    argv = ["--out", str(out), "--rounds", "1", "--steps", "2"]
+    _model_cost(monkeypatch).main([*argv, "CIFAR10ResNet", "CIFAR10ResNetGELU"])
+    report = json.loads(out.read_text())
+    rows = {row["model"]: row for row in report["models"]}
+    assert list(rows) == ["CIFAR10ResNet", "CIFAR10ResNetGELU"]
+    first = rows["CIFAR10ResNet"]
+    assert first["train_time_vs_first"] == first["model_time_vs_first"] == 1.0
+    other = rows["CIFAR10ResNetGELU"]
+    ratio = first["train_images_per_s"] / other["train_images_per_s"]
+    assert other["train_time_vs_first"] == pytest.approx(ratio, abs=2e-3)
+    assert report["rounds"] == 1 and len(other["model_each_round"]) == 1
+
+
+@pytest.mark.parametrize(
+    "models", [["CIFAR10ResNet"], ["CIFAR10ResNet", "NoSuchNet"], ["A", "A"]]
+)
+def test_model_cost_refuses_fewer_than_two_known_models(
+    models, tmp_path, monkeypatch, capsys
+):
+    with pytest.raises(SystemExit) as stop:
+        _model_cost(monkeypatch).main(["--out", str(tmp_path / "x.json"), *models])
+    assert stop.value.code == 2
+    assert "give two or more different models" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
