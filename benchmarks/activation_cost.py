@@ -68,6 +68,28 @@ def take_turns(variants: dict[str, str], rounds: int, steps: int) -> dict:
     return rates
 
 
+def rows_against(rates: dict, base: str, suffix: str) -> dict[str, dict]:
+    """Per label of ``rates`` (as ``take_turns`` gives them): the median rates, the
+    time per image against ``base``'s (keys ``train_time_vs_SUFFIX`` and
+    ``model_time_vs_SUFFIX``) and the rates of each round."""
+    median = {
+        name: {part: statistics.median(values) for part, values in parts.items()}
+        for name, parts in rates.items()
+    }
+    first = median[base]
+    return {
+        name: {
+            "train_images_per_s": round(parts["train"], 1),
+            "model_images_per_s": round(parts["model"], 1),
+            f"train_time_vs_{suffix}": round(first["train"] / parts["train"], 3),
+            f"model_time_vs_{suffix}": round(first["model"] / parts["model"], 3),
+            "train_each_round": rates[name]["train"],
+            "model_each_round": rates[name]["model"],
+        }
+        for name, parts in median.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True)
@@ -79,24 +101,9 @@ def main() -> None:
     models.MODELS["CIFAR10ResNetGELUTanh"] = CIFAR10ResNetGELUTanh
     device = torch.device("cpu")
     rates = take_turns(VARIANTS, args.rounds, args.steps)
-    median = {
-        name: {part: statistics.median(values) for part, values in parts.items()}
-        for name, parts in rates.items()
-    }
-    relu = median["ReLU"]
     rows = [
-        {
-            "activation": name,
-            "model": VARIANTS[name],
-            "train_images_per_s": round(parts["train"], 1),
-            "model_images_per_s": round(parts["model"], 1),
-            # time per image against ReLU's
-            "train_time_vs_relu": round(relu["train"] / parts["train"], 3),
-            "model_time_vs_relu": round(relu["model"] / parts["model"], 3),
-            "train_each_round": rates[name]["train"],
-            "model_each_round": rates[name]["model"],
-        }
-        for name, parts in median.items()
+        {"activation": name, "model": VARIANTS[name], **row}
+        for name, row in rows_against(rates, "ReLU", "relu").items()
     ]
     for row in rows:
         print(

@@ -1,8 +1,9 @@
 """What a model costs on this machine against another, in the fast recipe: training
 images per second (batch 32, every other setting as shipped) of each model named,
-taking turns round by round in one process (``activation_cost.take_turns``), so that
-a burst of load on the machine hits them alike; each figure is the median of the
-rounds, on random CIFAR-sized images. Times are given against the first model.
+taking turns round by round in one process (``activation_cost.take_turns``), so
+that a burst of load on the machine hits them alike; each figure is the median of
+the rounds (``activation_cost.rows_against``), on random CIFAR-sized images. Times
+are given against the first model.
 
     python benchmarks/model_cost.py --out results/bench_cpu_depthwise.json \\
         CIFAR10ResNetGELU CIFAR10DepthwiseResNet
@@ -11,10 +12,9 @@ rounds, on random CIFAR-sized images. Times are given against the first model.
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
-from activation_cost import take_turns
+from activation_cost import rows_against, take_turns
 
 from cifar_lib.files import atomic_write_json
 from cifar_lib.models import MODELS
@@ -34,23 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     if unknown or len(args.models) < 2 or len(set(args.models)) < len(args.models):
         parser.error(f"give two or more different models of {sorted(MODELS)}.")
     rates = take_turns({name: name for name in args.models}, args.rounds, args.steps)
-    median = {
-        name: {part: statistics.median(values) for part, values in parts.items()}
-        for name, parts in rates.items()
-    }
-    base = median[args.models[0]]
     rows = [
-        {
-            "model": name,
-            "train_images_per_s": round(parts["train"], 1),
-            "model_images_per_s": round(parts["model"], 1),
-            # time per image against the first model's
-            "train_time_vs_first": round(base["train"] / parts["train"], 3),
-            "model_time_vs_first": round(base["model"] / parts["model"], 3),
-            "train_each_round": rates[name]["train"],
-            "model_each_round": rates[name]["model"],
-        }
-        for name, parts in median.items()
+        {"model": name, **row}
+        for name, row in rows_against(rates, args.models[0], "first").items()
     ]
     for row in rows:
         print(
