@@ -99,7 +99,6 @@ def main() -> None:
     if args.rounds < 1 or args.steps < 1:
         parser.error("--rounds and --steps: give 1 or more.")
     models.MODELS["CIFAR10ResNetGELUTanh"] = CIFAR10ResNetGELUTanh
-    device = torch.device("cpu")
     rates = take_turns(VARIANTS, args.rounds, args.steps)
     rows = [
         {"activation": name, "model": VARIANTS[name], **row}
@@ -115,7 +114,7 @@ def main() -> None:
         "what": "training images per second of the fast recipe (batch 32) by "
         "activation, end to end (augmentation, forward, backward, step) and the "
         "model step alone (one fixed batch)",
-        **provenance(device),
+        **provenance(torch.device("cpu")),
         "threads": torch.get_num_threads(),
         "rounds": args.rounds,
         "steps": args.steps,

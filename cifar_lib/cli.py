@@ -25,38 +25,31 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _fraction(text: str) -> float:
+def _number(text: str, ok, rule: str) -> float:
+    """``text`` as a float for which ``ok`` holds; else one sentence naming ``rule``."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(
-            f"{value} is out of range: give a fraction in (0, 1], e.g. 0.85 for 85%"
-        )
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{value} is out of range: {rule}")
     return value
+
+
+def _fraction(text: str) -> float:
+    return _number(
+        text, lambda v: 0 < v <= 1, "give a fraction in (0, 1], e.g. 0.85 for 85%"
+    )
 
 
 def _decay(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(
-            f"{value} is out of range: give a decay in [0, 1), e.g. 0.99, or 0 for none"
-        )
-    return value
+    return _number(
+        text, lambda v: 0 <= v < 1, "give a decay in [0, 1), e.g. 0.99, or 0 for none"
+    )
 
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} is out of range: it must be above 0")
-    return value
+    return _number(text, lambda v: v > 0, "it must be above 0")
 
 
 _AMP_HELP = (

@@ -271,15 +271,9 @@ class CIFAR10DepthwiseResNet(nn.Module):
             )
 
         def stage(width: int, dilate_last: bool = False) -> nn.Sequential:
+            dilations = [1] * (blocks - 1) + [2 if dilate_last else 1]
             return nn.Sequential(
-                *[
-                    ResidualBlock(
-                        separable(width, width, dilation=2 if dilate_last else 1)
-                        if i == blocks - 1
-                        else separable(width, width)
-                    )
-                    for i in range(blocks)
-                ]
+                *[ResidualBlock(separable(width, width, dilation=d)) for d in dilations]
             )
 
         self.stem = ConvBNReLU(3, w1, dropout=d)

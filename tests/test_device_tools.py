@@ -20,12 +20,8 @@ def _tool(name):
     return module
 
 
-def _packer():
-    return _tool("pack_images")
-
-
 def test_pack_then_unpack_gives_the_same_files(tmp_path, image_folder):
-    packer = _packer()
+    packer = _tool("pack_images")
     source = Path(image_folder)
     count = packer.pack(source, tmp_path / "packed")
     assert count == packer.unpack(tmp_path / "packed", tmp_path / "copy")
@@ -37,7 +33,7 @@ def test_pack_then_unpack_gives_the_same_files(tmp_path, image_folder):
 
 def test_pack_refuses_a_folder_without_images(tmp_path):
     with pytest.raises(SystemExit, match="holds no train"):
-        _packer().pack(tmp_path, tmp_path / "packed")
+        _tool("pack_images").pack(tmp_path, tmp_path / "packed")
 
 
 @pytest.mark.parametrize("script", ["gpu_session.sh", "gpu_graph_check.sh"])
