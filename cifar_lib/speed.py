@@ -24,10 +24,16 @@ checks that.
   wherever they follow each other in an ``nn.Sequential``.
 * ``BatchAugment`` and ``TensorBatchLoader``: the reference augmentation applied
   to whole batches as tensors, from the same distribution.
+* ``keep_freed_memory``: glibc's malloc told to keep large freed blocks for the
+  next step instead of handing them back to the system (not a change of what is
+  computed at all).
 """
 
 from __future__ import annotations
 
+import ctypes
+import platform
+import sys
 import threading
 import warnings
 from types import SimpleNamespace
@@ -37,6 +43,29 @@ import torch
 from torch import Tensor, nn
 
 _LEVELS = 1 << 16
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt's parameters, from glibc's malloc.h
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc's malloc to keep the memory that a training step frees, for the
+    next step to reuse; True if it was told, False where the C library is not
+    glibc (macOS, Windows, musl), where nothing changes.
+
+    By default glibc gives every block above 32 MB (64-bit Linux) its own ``mmap``
+    and unmaps it when it is freed, so the next step's activations of the same size
+    arrive as fresh pages that the kernel faults in and zeroes one 4 KB page at a
+    time. At batch 256 the depthwise model's activations are that large: on the
+    2-core CPU about 300,000 page faults a second, 30% of the time in the kernel,
+    and the best recipe's training ran at 206 images/s; with freed memory kept
+    (``M_MMAP_MAX`` 0: no block gets its own mapping; ``M_TRIM_THRESHOLD`` 2 GB:
+    the heap is not trimmed), 326-332 images/s (bench, one run each way). The
+    fast recipe, batch 32: 674 and 721 images/s, one run each. It holds for the
+    whole process; the memory stays with it until it ends.
+    """
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def _draw_seed() -> int:

@@ -51,6 +51,7 @@ from cifar_lib.speed import (
     BatchAugment,
     TensorBatchLoader,
     fuse_batchnorm_relu,
+    keep_freed_memory,
     use_fast_dropout,
 )
 from cifar_lib.whitening import whitening_init
@@ -245,10 +246,11 @@ RECIPES = {
     # fast recipe with every seed tried (results/ablations/fast_depthwise_seed*.json).
     # The fast recipe's light augmentation: the reference's (rotation, scaling,
     # holes) left CIFAR10ResNet underfitting after 50 epochs on an H100 (89.5%
-    # training accuracy on augmented images, 88.3% test with the raw weights,
-    # results/gpu/). 34 epochs: what fits in about two hours on a 2-core CPU.
-    # Batch 256, peak lr 0.2; the weights averaged over about half an epoch
-    # (0.999, about five epochs, ended 0.8 points behind the raw weights).
+    # training accuracy on augmented images, 88.26% test with the raw weights,
+    # results/ablations/h100_best_relu_50_epochs.json). 34 epochs: what fits in
+    # about two hours on a 2-core CPU. Batch 256, peak lr 0.2; the weights averaged
+    # over about half an epoch of 196 steps (0.999, about five epochs, ended 0.8
+    # points behind the raw weights in that run).
     "best": dataclasses.replace(
         _FAST,
         name="best",
@@ -857,9 +859,12 @@ def mixed_precision(
 
 def configure_device(device: torch.device) -> None:
     """On CUDA let cuDNN time its convolution algorithms for the shapes it meets
-    and pick the fastest (the shapes here are fixed)."""
+    and pick the fastest (the shapes here are fixed). On the CPU keep freed memory
+    for the next step (``speed.keep_freed_memory``)."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    elif device.type == "cpu":
+        keep_freed_memory()
 
 
 def prepare_model(
