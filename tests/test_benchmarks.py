@@ -1,6 +1,6 @@
-"""The activation benchmark (benchmarks/activation_cost.py): its tanh variant is the
-fast recipe's model with the approximation in every place of a ReLU, and a short run
-writes one row per activation whose ratios are the rates it measured."""
+"""The benchmark scripts (benchmarks/*_cost.py). The activation benchmark's tanh
+variant is the fast recipe's model with the approximation in every place of a ReLU;
+a short run of each writes ratios of the rates it measured; bad input is refused."""
 
 import importlib.util
 import json
@@ -15,12 +15,17 @@ from cifar_lib.models import CIFAR10ResNet, CIFAR10ResNetGELU
 from cifar_lib.results import ROOT
 
 
-def _benchmark():
-    path = ROOT / "benchmarks" / "activation_cost.py"
-    spec = importlib.util.spec_from_file_location("activation_cost", path)
+def _script(name):
+    """The module of ``benchmarks/<name>.py``."""
+    path = ROOT / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _benchmark():
+    return _script("activation_cost")
 
 
 def _activations(model):
@@ -83,11 +88,7 @@ def test_refuses_zero_rounds(tmp_path, monkeypatch, capsys):
 
 def _model_cost(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # it imports activation_cost
-    path = ROOT / "benchmarks" / "model_cost.py"
-    spec = importlib.util.spec_from_file_location("model_cost", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _script("model_cost")
 
 
 def test_model_cost_writes_times_against_the_first_model(tmp_path, monkeypatch):
@@ -115,4 +116,40 @@ def test_model_cost_refuses_fewer_than_two_known_models(
         _model_cost(monkeypatch).main(["--out", str(tmp_path / "x.json"), *models])
     assert stop.value.code == 2
     assert "give two or more different models" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_malloc_cost_measures_both_settings_in_fresh_processes(tmp_path):
+    """One short round of each setting, each in its own process: the summary's
+    ratio is the two rates it measured, and each round counts its page faults and
+    kernel time. (Whether the kept memory faults less is tests/test_speed.py's.)"""
+    out = tmp_path / "malloc.json"
+    _script("malloc_cost").main(
+        ["--out", str(out), "--rounds", "1", "--steps", "1", "fast"]
+    )
+    report = json.loads(out.read_text())
+    (row,) = report["recipes"]
+    assert row["recipe"] == "fast" and report["steps"] == {"fast": 1}
+    kept, default = row["kept"], row["default"]
+    ratio = kept["train_images_per_s"] / default["train_images_per_s"]
+    assert row["default_time_vs_kept"] == pytest.approx(ratio, abs=1e-3)
+    assert row["default_time_vs_kept_per_round"] == [pytest.approx(ratio, abs=1e-3)]
+    for setting in ("kept", "default"):
+        (measured,) = row["rounds"][setting]
+        assert measured == row[setting]  # one round: the median is that round
+        assert measured["page_faults"] > 0 and measured["user_seconds"] > 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["nosuch"], "recipes: choose from"),
+        (["fast", "fast"], "name each recipe once"),
+        (["--rounds", "0", "fast"], "give 1 or more"),
+    ],
+)
+def test_malloc_cost_refuses_bad_input(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        _script("malloc_cost").main(["--out", str(tmp_path / "x.json"), *args])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()

@@ -538,3 +538,47 @@ def test_kernels_that_fail_to_compile_warn_and_fall_back(monkeypatch):
     norm, fused = _reference_and_fused(4)
     x = _channels_last(2, 4, 3, 3)
     assert torch.allclose(fused(x), torch.relu(norm(x)), atol=1e-6)
+
+
+_REUSE_PROBE = """
+import resource, sys, torch
+from cifar_lib.speed import keep_freed_memory
+told = keep_freed_memory() if sys.argv[1] == "keep" else False
+faults = []
+for _ in range(8):  # like training steps: the same large blocks, again and again
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x, y = torch.ones(16 << 20), torch.ones(8 << 20)  # 64 MB and 32 MB
+    del x, y
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(told, *faults)
+"""
+
+
+def test_keep_freed_memory_lets_later_blocks_reuse_the_pages():
+    """By default every 64 MB and 32 MB block comes as fresh pages that fault in one
+    by one (24,576 of 4 KB each time); once freed memory is kept, later blocks
+    mostly reuse pages already there. (Not every time: a block that ``posix_memalign``
+    asks for is a little larger than the one just freed, so the first reuses
+    wait for free blocks to merge.)"""
+    import platform
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        assert not speed.keep_freed_memory()
+        pytest.skip("glibc's malloc only")
+
+    def faults(mode):
+        out = subprocess.run(
+            [sys.executable, "-c", _REUSE_PROBE, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        return out[0] == "True", [int(n) for n in out[1:]]
+
+    told, kept = faults("keep")
+    untold, default = faults("default")
+    assert told and not untold
+    assert min(default[1:]) >= 24_576  # every page, every time
+    assert sum(kept[1:]) < sum(default[1:]) / 2
