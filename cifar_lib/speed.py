@@ -51,16 +51,18 @@ def keep_freed_memory() -> bool:
     next step to reuse; True if it was told, False where the C library is not
     glibc (macOS, Windows, musl), where nothing changes.
 
-    By default glibc gives every block above 32 MB (64-bit Linux) its own ``mmap``
-    and unmaps it when it is freed, so the next step's activations of the same size
-    arrive as fresh pages that the kernel faults in and zeroes one 4 KB page at a
-    time. At batch 256 the depthwise model's activations are that large: on the
-    2-core CPU about 300,000 page faults a second, 30% of the time in the kernel,
-    and the best recipe's training ran at 206 images/s; with freed memory kept
-    (``M_MMAP_MAX`` 0: no block gets its own mapping; ``M_TRIM_THRESHOLD`` 2 GB:
-    the heap is not trimmed), 326-332 images/s (bench, one run each way). The
-    fast recipe, batch 32: 674 and 721 images/s, one run each. It holds for the
-    whole process; the memory stays with it until it ends.
+    By default glibc gives a large block its own ``mmap`` and unmaps it when it is
+    freed (above a threshold that starts at 128 KB and rises as such blocks are
+    freed, to at most 32 MB on 64-bit Linux), so the next step's activations of the
+    same size arrive as fresh pages that the kernel faults in and zeroes, 4 KB at a
+    time. At batch 256 the depthwise model's activations (50 MB each at full
+    resolution) are above any threshold: on the 2-core CPU a best-recipe run made
+    about 300,000 page faults a second and spent 30% of its time in the kernel.
+    With freed memory kept (``M_MMAP_MAX`` 0: no block gets its own mapping;
+    ``M_TRIM_THRESHOLD`` 2 GB: the heap is not trimmed back) later steps reuse the
+    pages; ``benchmarks/malloc_cost.py`` measures both ways
+    (``results/bench_cpu_malloc.json``). It holds for the whole process, and the
+    memory stays with the process until it ends.
     """
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return False

@@ -582,3 +582,16 @@ def test_keep_freed_memory_lets_later_blocks_reuse_the_pages():
     assert told and not untold
     assert min(default[1:]) >= 24_576  # every page, every time
     assert sum(kept[1:]) < sum(default[1:]) / 2
+
+
+def test_training_on_the_cpu_keeps_freed_memory(monkeypatch):
+    """train and bench set the device up through configure_device: on the CPU it
+    keeps freed memory; elsewhere it leaves malloc alone."""
+    from cifar_lib import train
+
+    calls = []
+    monkeypatch.setattr(train, "keep_freed_memory", lambda: calls.append(1) or True)
+    train.configure_device(torch.device("cpu"))
+    assert calls == [1]
+    train.configure_device(torch.device("meta"))  # neither CPU nor CUDA
+    assert calls == [1]
