@@ -56,8 +56,9 @@ def keep_freed_memory() -> bool:
     freed, to at most 32 MB on 64-bit Linux), so the next step's activations of the
     same size arrive as fresh pages that the kernel faults in and zeroes, 4 KB at a
     time. At batch 256 the depthwise model's activations (50 MB each at full
-    resolution) are above any threshold: on the 2-core CPU a best-recipe run made
-    about 300,000 page faults a second and spent 30% of its time in the kernel.
+    resolution) are above any threshold: a best-recipe run on the 2-core CPU made
+    about 300,000 page faults a second and spent 30% of its time in the kernel
+    (sampled once from /proc and vmstat during its second epoch).
     With freed memory kept (``M_MMAP_MAX`` 0: no block gets its own mapping;
     ``M_TRIM_THRESHOLD`` 2 GB: the heap is not trimmed back) later steps reuse the
     pages; ``benchmarks/malloc_cost.py`` measures both ways
