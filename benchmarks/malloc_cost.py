@@ -59,11 +59,8 @@ def take_turns(recipes: list[str], rounds: int, steps: dict[str, int]) -> dict:
     not cached yet: the first process after a change of ``speed.py`` does)."""
 
     def child(name: str, setting: str) -> dict:
-        done = subprocess.run(
-            [sys.executable, __file__, "--child", name, setting,
-             "--steps", str(steps[name])],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
+        command = [sys.executable, __file__, "--child", name, setting, str(steps[name])]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
         return json.loads(done.stdout.splitlines()[-1])
 
     for name in recipes:
@@ -158,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
-        _, _, name, setting, _, steps = sys.argv
+        _, _, name, setting, steps = sys.argv
         print(json.dumps(one_round(name, setting, int(steps))))
     else:
         main()

@@ -1,11 +1,30 @@
-"""Shared fixtures: small synthetic data, on disk and in memory."""
+"""Shared fixtures: small synthetic data, on disk and in memory; the scripts of
+benchmarks/ imported as modules."""
 
 from __future__ import annotations
+
+import importlib.util
 
 import numpy as np
 import pytest
 
 from cifar_lib.data import make_synthetic_cifar, save_image_folder
+from cifar_lib.results import ROOT
+
+
+@pytest.fixture
+def load_script():
+    """``load_script("device/fit_epochs")``: ``benchmarks/device/fit_epochs.py``
+    imported as a module (run from a fresh copy each time)."""
+
+    def load(name: str):
+        path = ROOT / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(autouse=True)

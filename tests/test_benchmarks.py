@@ -2,7 +2,6 @@
 variant is the fast recipe's model with the approximation in every place of a ReLU;
 a short run of each writes ratios of the rates it measured; bad input is refused."""
 
-import importlib.util
 import json
 import sys
 
@@ -15,26 +14,13 @@ from cifar_lib.models import CIFAR10ResNet, CIFAR10ResNetGELU
 from cifar_lib.results import ROOT
 
 
-def _script(name):
-    """The module of ``benchmarks/<name>.py``."""
-    path = ROOT / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _benchmark():
-    return _script("activation_cost")
-
-
 def _activations(model):
     return [type(m).__name__ + getattr(m, "approximate", "") for m in model.modules()]
 
 
-def test_tanh_variant_replaces_every_relu_with_the_approximation():
+def test_tanh_variant_replaces_every_relu_with_the_approximation(load_script):
     torch.manual_seed(0)
-    tanh = _benchmark().CIFAR10ResNetGELUTanh()
+    tanh = load_script("activation_cost").CIFAR10ResNetGELUTanh()
     torch.manual_seed(0)
     exact = CIFAR10ResNetGELU()
     relus = _activations(CIFAR10ResNet()).count("ReLU")
@@ -51,13 +37,13 @@ def test_tanh_variant_replaces_every_relu_with_the_approximation():
     )
 
 
-def test_short_run_writes_ratios_of_its_own_rates(tmp_path, monkeypatch):
+def test_short_run_writes_ratios_of_its_own_rates(tmp_path, monkeypatch, load_script):
     out = tmp_path / "activations.json"
     argv = ["activation_cost.py", "--out", str(out), "--rounds", "1", "--steps", "2"]
     monkeypatch.setattr(sys, "argv", argv)
     # main() adds its variant to the registry: taken out again after the test
     monkeypatch.setitem(models.MODELS, "CIFAR10ResNetGELUTanh", None)
-    _benchmark().main()
+    load_script("activation_cost").main()
     report = json.loads(out.read_text())
     rows = {row["activation"]: row for row in report["variants"]}
     assert list(rows) == [
@@ -76,25 +62,29 @@ def test_short_run_writes_ratios_of_its_own_rates(tmp_path, monkeypatch):
     assert report["rounds"] == 1 and report["steps"] == 2 and report["commit"]
 
 
-def test_refuses_zero_rounds(tmp_path, monkeypatch, capsys):
+def test_refuses_zero_rounds(tmp_path, monkeypatch, capsys, load_script):
     argv = ["activation_cost.py", "--out", str(tmp_path / "x.json"), "--rounds", "0"]
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as stop:
-        _benchmark().main()
+        load_script("activation_cost").main()
     assert stop.value.code == 2
     assert "give 1 or more" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
 
 
-def _model_cost(monkeypatch):
+def _model_cost(monkeypatch, load_script):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # it imports activation_cost
-    return _script("model_cost")
+    return load_script("model_cost")
 
 
-def test_model_cost_writes_times_against_the_first_model(tmp_path, monkeypatch):
+def test_model_cost_writes_times_against_the_first_model(
+    tmp_path, monkeypatch, load_script
+):
     out = tmp_path / "models.json"
     argv = ["--out", str(out), "--rounds", "1", "--steps", "2"]
-    _model_cost(monkeypatch).main([*argv, "CIFAR10ResNet", "CIFAR10ResNetGELU"])
+    _model_cost(monkeypatch, load_script).main(
+        [*argv, "CIFAR10ResNet", "CIFAR10ResNetGELU"]
+    )
     report = json.loads(out.read_text())
     rows = {row["model"]: row for row in report["models"]}
     assert list(rows) == ["CIFAR10ResNet", "CIFAR10ResNetGELU"]
@@ -110,21 +100,23 @@ def test_model_cost_writes_times_against_the_first_model(tmp_path, monkeypatch):
     "models", [["CIFAR10ResNet"], ["CIFAR10ResNet", "NoSuchNet"], ["A", "A"]]
 )
 def test_model_cost_refuses_fewer_than_two_known_models(
-    models, tmp_path, monkeypatch, capsys
+    models, tmp_path, monkeypatch, capsys, load_script
 ):
     with pytest.raises(SystemExit) as stop:
-        _model_cost(monkeypatch).main(["--out", str(tmp_path / "x.json"), *models])
+        _model_cost(monkeypatch, load_script).main(
+            ["--out", str(tmp_path / "x.json"), *models]
+        )
     assert stop.value.code == 2
     assert "give two or more different models" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
 
 
-def test_malloc_cost_measures_both_settings_in_fresh_processes(tmp_path):
+def test_malloc_cost_measures_both_settings_in_fresh_processes(tmp_path, load_script):
     """One short round of each setting, each in its own process: the summary's
     ratio is the two rates it measured, and each round counts its page faults and
     kernel time. (Whether the kept memory faults less is tests/test_speed.py's.)"""
     out = tmp_path / "malloc.json"
-    _script("malloc_cost").main(
+    load_script("malloc_cost").main(
         ["--out", str(out), "--rounds", "1", "--steps", "1", "fast"]
     )
     report = json.loads(out.read_text())
@@ -148,8 +140,8 @@ def test_malloc_cost_measures_both_settings_in_fresh_processes(tmp_path):
         (["--rounds", "0", "fast"], "give 1 or more"),
     ],
 )
-def test_malloc_cost_refuses_bad_input(args, message, tmp_path, capsys):
+def test_malloc_cost_refuses_bad_input(args, message, tmp_path, capsys, load_script):
     with pytest.raises(SystemExit) as stop:
-        _script("malloc_cost").main(["--out", str(tmp_path / "x.json"), *args])
+        load_script("malloc_cost").main(["--out", str(tmp_path / "x.json"), *args])
     assert stop.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()

@@ -2,7 +2,6 @@
 image folder there unpacks it byte for byte; the session scripts name recipes and
 models that exist; fit_epochs.py sizes the long runs to the time left."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,17 +10,8 @@ import pytest
 from cifar_lib.results import ROOT
 
 
-def _tool(name):
-    """The script benchmarks/device/NAME.py, imported as a module."""
-    path = ROOT / "benchmarks" / "device" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_pack_then_unpack_gives_the_same_files(tmp_path, image_folder):
-    packer = _tool("pack_images")
+def test_pack_then_unpack_gives_the_same_files(tmp_path, image_folder, load_script):
+    packer = load_script("device/pack_images")
     source = Path(image_folder)
     count = packer.pack(source, tmp_path / "packed")
     assert count == packer.unpack(tmp_path / "packed", tmp_path / "copy")
@@ -31,9 +21,9 @@ def test_pack_then_unpack_gives_the_same_files(tmp_path, image_folder):
         assert (tmp_path / "copy" / name).read_bytes() == (source / name).read_bytes()
 
 
-def test_pack_refuses_a_folder_without_images(tmp_path):
+def test_pack_refuses_a_folder_without_images(tmp_path, load_script):
     with pytest.raises(SystemExit, match="holds no train"):
-        _tool("pack_images").pack(tmp_path, tmp_path / "packed")
+        load_script("device/pack_images").pack(tmp_path, tmp_path / "packed")
 
 
 @pytest.mark.parametrize("script", ["gpu_session.sh", "gpu_graph_check.sh"])
@@ -56,8 +46,8 @@ def test_device_scripts_name_recipes_and_models_that_exist(script):
         assert "CIFAR10DepthwiseResNet" in models
 
 
-def test_fit_epochs_leaves_the_margin_and_shares_the_gpu():
-    fit = _tool("fit_epochs")
+def test_fit_epochs_leaves_the_margin_and_shares_the_gpu(load_script):
+    fit = load_script("device/fit_epochs")
     # 62,500 images/s: 0.8 s of training, 0.2 s of evaluation, 0.5 s: 1.5 s an epoch
     assert fit.epoch_seconds(62_500) == pytest.approx(1.5)
     assert fit.epochs_that_fit(300, [62_500]) == 150  # 160 fit; capped at --most
@@ -69,8 +59,10 @@ def test_fit_epochs_leaves_the_margin_and_shares_the_gpu():
         fit.epochs_that_fit(100, [])
 
 
-def test_fit_epochs_reads_bench_files_and_refuses_bad_ones(tmp_path, capsys):
-    fit = _tool("fit_epochs")
+def test_fit_epochs_reads_bench_files_and_refuses_bad_ones(
+    tmp_path, capsys, load_script
+):
+    fit = load_script("device/fit_epochs")
     files = []
     for name in ("a", "b"):
         files.append(tmp_path / f"{name}.json")
