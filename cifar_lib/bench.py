@@ -68,7 +68,7 @@ class _Setup:
         self.step = make_train_step(
             recipe, self.model, self.optimizer, device, None, scaler, self.amp_dtype
         )
-        configure_device(device)
+        configure_device(device, recipe.cudnn_benchmark)
         images, labels = next(iter(self.train_loader))
         self.batch = images.to(device), labels.to(device)
 

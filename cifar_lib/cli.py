@@ -63,6 +63,10 @@ _GRAPH_HELP = (
     "on CUDA, launch every kernel of each training step from Python instead of "
     "replaying the step as one captured CUDA graph (which SGD recipes do by default)"
 )
+_CUDNN_HELP = (
+    "on CUDA, let cuDNN pick convolution algorithms by its heuristics instead of "
+    "timing them for each new shape (which lengthens the first steps)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--amp", action="store_true", help=_AMP_HELP)
     train.add_argument("--no-cuda-graph", action="store_true", help=_GRAPH_HELP)
+    train.add_argument("--no-cudnn-benchmark", action="store_true", help=_CUDNN_HELP)
     train.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     summary = commands.add_parser(
@@ -189,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--amp", action="store_true", help=_AMP_HELP)
     bench.add_argument("--no-cuda-graph", action="store_true", help=_GRAPH_HELP)
+    bench.add_argument("--no-cudnn-benchmark", action="store_true", help=_CUDNN_HELP)
     bench.add_argument(
         "--out", help="also write the result, with date and hardware, to this JSON file"
     )
@@ -217,6 +223,8 @@ def _bench(args: argparse.Namespace) -> None:
         recipe = dataclasses.replace(recipe, amp=True)
     if args.no_cuda_graph:
         recipe = dataclasses.replace(recipe, cuda_graph=False)
+    if args.no_cudnn_benchmark:
+        recipe = dataclasses.replace(recipe, cudnn_benchmark=False)
     result = run_benchmark(
         recipe,
         select_device(args.device),
@@ -251,6 +259,7 @@ def _train(args: argparse.Namespace) -> None:
         changed += ["--overwrite"] if args.overwrite else []
         changed += ["--amp"] if args.amp else []
         changed += ["--no-cuda-graph"] if args.no_cuda_graph else []
+        changed += ["--no-cudnn-benchmark"] if args.no_cudnn_benchmark else []
         if changed:
             raise ConfigError(
                 f"{', '.join(changed)} cannot change a run being resumed; --resume "
@@ -273,6 +282,8 @@ def _train(args: argparse.Namespace) -> None:
         overrides["amp"] = True
     if args.no_cuda_graph:
         overrides["cuda_graph"] = False
+    if args.no_cudnn_benchmark:
+        overrides["cudnn_benchmark"] = False
     recipe = dataclasses.replace(get_recipe(args.recipe or "seed"), **overrides)
     train(
         recipe,

@@ -7,7 +7,8 @@ Taught in ``notebooks/05_training.ipynb``. A run lives in one folder:
     checkpoint.pt        everything needed to continue after the last finished epoch
     best_model.pt        weights of the epoch with the best test accuracy so far
     final_model.pt       weights at the end of the run
-    training_curves.png  loss, accuracy and learning rate per epoch
+    training_curves.png  loss, accuracy and learning rate per epoch (redrawn at
+                         most every 30 s, and after the last epoch)
 
 Every file is written atomically, so a run killed at any moment loses at most the
 epoch in progress, and ``resume(run_dir)`` continues it. Each epoch's data order,
@@ -119,6 +120,11 @@ class Recipe:
     # On CUDA, each training step after the first few replays one captured CUDA
     # graph (graphs.TrainStep: SGD recipes; others run eagerly).
     cuda_graph: bool = True
+    # On CUDA, let cuDNN time its algorithms for each new convolution shape and keep
+    # the fastest (configure_device). The timing happens in the first steps and the
+    # first evaluation, so it lengthens the first epoch; off, cuDNN picks by its
+    # heuristics at once.
+    cudnn_benchmark: bool = True
     eval_batch_size: int = 1000
 
     def validate(self) -> Recipe:
@@ -179,7 +185,7 @@ class Recipe:
 
     # The fields that decide how the arithmetic is done, not what is trained.
     HOW = ("channels_last", "fast_dropout", "fuse_norm_relu", "augmentation_backend")
-    HOW += ("amp", "cuda_graph", "eval_batch_size")
+    HOW += ("amp", "cuda_graph", "cudnn_benchmark", "eval_batch_size")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -646,6 +652,7 @@ class _Run:
     step: TrainStep | None = None
     history: list[dict] = field(default_factory=list)
     best_accuracy: float = 0.0
+    figure_drawn: float = -math.inf  # time.monotonic() when the curves were drawn
 
     @property
     def evaluated(self) -> nn.Module:
@@ -667,7 +674,7 @@ def _fit(
     optimizer = make_optimizer(model, recipe)
     scheduler, per_step = make_scheduler(optimizer, recipe, len(train_loader))
     amp_dtype, scaler = mixed_precision(recipe, device)
-    configure_device(device)
+    configure_device(device, recipe.cudnn_benchmark)
     run = _Run(
         recipe,
         run_dir,
@@ -864,12 +871,13 @@ def mixed_precision(
     return torch.float16, torch.amp.GradScaler("cuda")
 
 
-def configure_device(device: torch.device) -> None:
+def configure_device(device: torch.device, cudnn_benchmark: bool = True) -> None:
     """On CUDA let cuDNN time its convolution algorithms for the shapes it meets
-    and pick the fastest (the shapes here are fixed). On the CPU keep freed memory
-    for the next step (``speed.keep_freed_memory``)."""
+    and pick the fastest (the shapes here are fixed), unless ``cudnn_benchmark`` is
+    False. On the CPU keep freed memory for the next step
+    (``speed.keep_freed_memory``)."""
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = cudnn_benchmark
     elif device.type == "cpu":
         keep_freed_memory()
 
@@ -967,10 +975,16 @@ def make_train_step(
     )
 
 
+FIGURE_EVERY_S = 30.0  # the curves are redrawn at most this often, and at the end
+
+
 def _save_epoch(run: _Run, finished: bool, reason: str) -> None:
     """Write this epoch's files. The order matters for a kill in between: weights
     and history first, the resumable state last, so the state never points past
-    files that do not exist yet."""
+    files that do not exist yet. The figure of the curves (a third of a second to
+    draw 126 epochs on this project's CPU, while the GPU waits) is redrawn only
+    every ``FIGURE_EVERY_S`` seconds and after the last epoch: every epoch on a CPU,
+    about every tenth of a long run on a GPU; history.json has every epoch."""
     from cifar_lib.plots import training_curves  # matplotlib only when saving
 
     last = run.history[-1]
@@ -986,8 +1000,10 @@ def _save_epoch(run: _Run, finished: bool, reason: str) -> None:
     if finished:
         checkpoints.save(run.run_dir / "final_model.pt", checkpoints.WEIGHTS, **weights)
     atomic_write_json(run.run_dir / "history.json", run.history)
-    curves = training_curves(run.history, run.recipe.target)
-    atomic_save_figure(run.run_dir / "training_curves.png", curves)
+    if finished or time.monotonic() - run.figure_drawn >= FIGURE_EVERY_S:
+        curves = training_curves(run.history, run.recipe.target)
+        atomic_save_figure(run.run_dir / "training_curves.png", curves)
+        run.figure_drawn = time.monotonic()
     checkpoints.save(
         run.run_dir / "checkpoint.pt",
         checkpoints.TRAINING_STATE,

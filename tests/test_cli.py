@@ -38,6 +38,7 @@ def test_train_end_to_end_on_a_tiny_subset(tmp_path, image_folder):
         "--model",
         "CIFAR10ResNet",
         "--amp",
+        "--no-cudnn-benchmark",
         "--ema",
         "0.9",
         "--out",
@@ -59,6 +60,7 @@ def test_train_end_to_end_on_a_tiny_subset(tmp_path, image_folder):
     assert settings["data"]["subset"] == 64 and settings["recipe"]["epochs"] == 1
     assert settings["recipe"]["model"] == "CIFAR10ResNet"
     assert settings["recipe"]["amp"] is True  # recorded; ignored on a CPU
+    assert settings["recipe"]["cudnn_benchmark"] is False  # likewise
     assert settings["recipe"]["ema"] == 0.9 and "(raw weights " in done.stdout
 
 
@@ -150,6 +152,8 @@ def test_resume_refuses_changed_settings(tmp_path, capsys, option):
     assert "--model cannot change a run being resumed" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path), "--amp"]) == 2
     assert "--amp cannot change a run being resumed" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path), "--no-cudnn-benchmark"]) == 2
+    assert "--no-cudnn-benchmark cannot change" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path), "--out", "x", "--overwrite"]) == 2
     assert "--out, --overwrite cannot change" in capsys.readouterr().err
 

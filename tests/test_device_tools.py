@@ -26,7 +26,10 @@ def test_pack_refuses_a_folder_without_images(tmp_path, load_script):
         load_script("device/pack_images").pack(tmp_path, tmp_path / "packed")
 
 
-@pytest.mark.parametrize("script", ["gpu_session.sh", "gpu_graph_check.sh"])
+SCRIPTS = ["gpu_session.sh", "gpu_graph_check.sh", "gpu_best.sh", "common.sh"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_device_scripts_name_recipes_and_models_that_exist(script):
     """A lent GPU session is rare and short: a misspelt model or recipe in its
     script would waste it, so every --recipe and --model named there must exist."""
@@ -44,6 +47,30 @@ def test_device_scripts_name_recipes_and_models_that_exist(script):
     assert set(models) <= set(MODELS)
     if script == "gpu_session.sh":
         assert "CIFAR10DepthwiseResNet" in models
+
+
+@pytest.mark.parametrize("script", [*SCRIPTS, "gpu_fast.sh"])
+def test_device_scripts_give_options_that_the_command_line_has(script):
+    """Likewise every --option the scripts pass to `train` or `bench`: an unknown
+    one would end each run at once with exit code 2."""
+    import argparse
+    import re
+
+    from cifar_lib.cli import build_parser
+
+    known = set()
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name in ("train", "bench"):
+                for option in action.choices[name]._actions:
+                    known.update(option.option_strings)
+    assert {"--no-cudnn-benchmark", "--amp", "--epochs"} <= known
+    text = (ROOT / "benchmarks" / "device" / script).read_text()
+    commands = " ".join(
+        re.findall(r"(?:cifar_lib|TRAIN|BENCH|LONG|fast_run )[^\n]*", text)
+    )
+    given = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", commands))
+    assert given <= known, given - known
 
 
 def test_fit_epochs_leaves_the_margin_and_shares_the_gpu(load_script):

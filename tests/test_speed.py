@@ -595,3 +595,20 @@ def test_training_on_the_cpu_keeps_freed_memory(monkeypatch):
     assert calls == [1]
     train.configure_device(torch.device("meta"))  # neither CPU nor CUDA
     assert calls == [1]
+
+
+def test_cudnn_times_its_algorithms_unless_the_recipe_says_not(monkeypatch):
+    """On CUDA configure_device sets cuDNN's benchmark mode from the recipe's
+    cudnn_benchmark (setting the flag needs no GPU); elsewhere it leaves it."""
+    from cifar_lib import train
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    train.configure_device(
+        torch.device("cuda"), train.get_recipe("fast").cudnn_benchmark
+    )
+    assert torch.backends.cudnn.benchmark is True
+    train.configure_device(torch.device("cuda"), cudnn_benchmark=False)
+    assert torch.backends.cudnn.benchmark is False
+    train.configure_device(torch.device("meta"))
+    assert torch.backends.cudnn.benchmark is False
+    assert "cudnn_benchmark" in train.Recipe.HOW

@@ -80,6 +80,28 @@ def test_training_learns_the_synthetic_set(tmp_path):
     assert accuracy == pytest.approx(best, abs=1e-4)
 
 
+@pytest.mark.parametrize("every, drawn", [(0.0, [1, 2, 3]), (1e9, [1, 3])])
+def test_curves_are_redrawn_at_most_every_so_often_and_at_the_end(
+    tmp_path, synthetic, monkeypatch, every, drawn
+):
+    """A long GPU run of short epochs would wait for matplotlib after each one: the
+    figure is redrawn only when FIGURE_EVERY_S has passed, and after the last epoch
+    always, from the whole history."""
+    from cifar_lib import plots
+
+    real, epochs_drawn = plots.training_curves, []
+
+    def counted(history, target):
+        epochs_drawn.append(len(history))
+        return real(history, target)
+
+    monkeypatch.setattr(plots, "training_curves", counted)
+    monkeypatch.setattr(training, "FIGURE_EVERY_S", every)
+    fit(quick(epochs=3), tmp_path, synthetic)
+    assert epochs_drawn == drawn
+    assert (tmp_path / "training_curves.png").stat().st_size > 0
+
+
 def test_stops_once_the_target_is_reached(tmp_path, synthetic):
     result = fit(quick(epochs=5, target=0.05), tmp_path, synthetic)
     assert len(result.history) == 1

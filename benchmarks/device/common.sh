@@ -5,6 +5,9 @@
 #   pack                     the run folders (not their weights or figures) into
 #                            $OUT/runs.tgz, so a run cut off still comes back
 #   DATA, RUNS, TRAIN        where the images and runs go; the training command
+#   unpack_data              the images into DATA and decoded (once per machine)
+#   fast_run NAME SEED RESERVE [FLAGS]   one timed run of the fast recipe
+#   fast_runs NAME RESERVE   fast_run for seeds 0-3 while time is left
 #
 # The device machine needs .devcarry/ (carried): whl/ (albumentations and its
 # needs, torchinfo), cifar10-jpeg75.pack (benchmarks/device/pack_images.py pack)
@@ -34,20 +37,34 @@ pack() {
         && mv "$OUT/runs.tmp" "$OUT/runs.tgz"
 }
 
-# fast_runs NAME RESERVE: the fast recipe alone on the GPU for seeds 0-3, into
-# $RUNS/NAME_seedN, each timed as a whole command and given the time left but
-# RESERVE seconds; stops when less than 30 s would be left for a run.
+# unpack_data: the packed images into $DATA, decoded and cached, unless a call
+# before this one on the same machine did it already.
+unpack_data() {
+    if [ -f "$RUNS/decoded" ]; then echo "data already unpacked and decoded"; return; fi
+    python3 benchmarks/device/pack_images.py unpack .devcarry/cifar10-jpeg75.pack \
+        $DATA && python3 -c "from cifar_lib.data import load_cifar10
+load_cifar10('$DATA')" && touch "$RUNS/decoded" && echo decoded
+}
+
+# fast_run NAME SEED RESERVE [FLAGS]: the fast recipe alone on the GPU into
+# $RUNS/NAME_seedSEED, timed as a whole command, given the time left but RESERVE
+# seconds; returns 1 without running when less than 30 s would be left.
+fast_run() {
+    local name=$1 seed=$2 left=$((LIMIT - $(elapsed) - $3)); shift 3
+    [ $left -gt 30 ] || return 1
+    stamp "fast, seed $seed $*, alone on the GPU, timed as a whole command" \
+        "(at most ${left}s)"
+    local begin=$(date +%s%N)
+    timeout $left $TRAIN --recipe fast --seed $seed --out $RUNS/${name}_seed$seed "$@"
+    echo "fast seed $seed $*: whole command" \
+        "$(( ($(date +%s%N) - begin) / 1000000 )) ms (Python start, cached data" \
+        "loaded, whitening, training, evaluation, files)"
+    pack
+}
+
+# fast_runs NAME RESERVE: fast_run for seeds 0-3 while time is left.
 fast_runs() {
     for seed in 0 1 2 3; do
-        left=$((LIMIT - $(elapsed) - $2))
-        [ $left -gt 30 ] || break
-        stamp "fast, seed $seed, alone on the GPU, timed as a whole command" \
-            "(at most ${left}s)"
-        begin=$(date +%s%N)
-        timeout $left $TRAIN --recipe fast --seed $seed --out $RUNS/$1_seed$seed
-        echo "fast seed $seed: whole command $(( ($(date +%s%N) - begin) / 1000000 ))" \
-            "ms (Python start, cached data loaded, whitening, training, evaluation," \
-            "files)"
-        pack
+        fast_run $1 $seed $2 || break
     done
 }

@@ -8,9 +8,7 @@
 LIMIT=${1:-220}
 source "$(dirname "$0")/common.sh"
 stamp "decode the data, meanwhile the CUDA tests"
-(python3 benchmarks/device/pack_images.py unpack .devcarry/cifar10-jpeg75.pack $DATA \
-    && python3 -c "from cifar_lib.data import load_cifar10; load_cifar10('$DATA')" \
-    && echo decoded) > "$RUNS/decode.log" 2>&1 &
+unpack_data > "$RUNS/decode.log" 2>&1 &
 DECODE=$!
 python3 -m pytest -q -o addopts="-p no:cacheprovider" tests/test_graphs.py || {
     stamp "the captured step failed its tests"; exit 1; }

@@ -21,14 +21,7 @@ print('torch', torch.__version__, 'torchvision', torchvision.__version__, \
 torch.cuda.get_device_name())" || exit 1
 
 stamp "unpack and decode the data (a one-off: decoded arrays are cached)"
-python3 benchmarks/device/pack_images.py unpack .devcarry/cifar10-jpeg75.pack $DATA \
-    || exit 1
-python3 -c "
-import time; t = time.perf_counter()
-from cifar_lib.data import load_cifar10
-a = load_cifar10('$DATA')
-print('decoded', a.train_images.shape, a.test_images.shape, f'{time.perf_counter() - t:.1f} s')
-" || exit 1
+unpack_data || exit 1
 
 stamp "the CUDA tests (the captured step against the eager one)"
 GRAPH=""
