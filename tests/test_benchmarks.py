@@ -145,3 +145,34 @@ def test_malloc_cost_refuses_bad_input(args, message, tmp_path, capsys, load_scr
         load_script("malloc_cost").main(["--out", str(tmp_path / "x.json"), *args])
     assert stop.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_a_run_is_recovered_from_what_train_printed(tmp_path, synthetic, load_script):
+    """ablation.py --from-log: the recipe and the history that `train` printed come
+    back as they were, to the precision printed."""
+    import dataclasses
+
+    from cifar_lib.augment import AugmentationConfig
+    from cifar_lib.train import get_recipe, train
+
+    recipe = get_recipe("fast", epochs=2, batch_size=64, target=1.0)
+    recipe = dataclasses.replace(
+        recipe, augmentation=AugmentationConfig(scale=0.1, hole_p=0.5), amp=True
+    )
+    printed = ["[0s] install the missing packages"]
+    result = train(
+        recipe, tmp_path, arrays=synthetic, progress=False, log=printed.append
+    )
+    printed += ["[30s] done"]
+    settings, history = load_script("ablation").run_from_log("\n".join(printed))
+    assert settings == recipe.to_dict()
+    assert len(history) == 2
+    for parsed, row in zip(history, result.history, strict=True):
+        assert parsed.keys() == row.keys() - {"train_seconds"}
+        for key in ("train_loss", "test_loss"):
+            assert parsed[key] == pytest.approx(row[key], abs=5e-5)
+        for key in ("train_accuracy", "test_accuracy", "raw_test_accuracy"):
+            assert parsed[key] == pytest.approx(row[key], abs=5e-5)
+        assert parsed["lr"] == pytest.approx(row["lr"], rel=1e-2)
+        assert parsed["seconds"] == pytest.approx(row["seconds"], abs=0.05)
+        assert parsed["epoch"] == row["epoch"]
