@@ -180,10 +180,11 @@ def footprint_outline(image: np.ndarray, footprint: np.ndarray, title: str) -> F
 
 
 def accuracy_comparison(
-    histories: dict[str, list[dict]], target: float = 0.85
+    histories: dict[str, list[dict]], target: float = 0.85, log_time: bool = False
 ) -> Figure:
     """Test accuracy of several runs against epochs (left) and against training
-    time (right), with the target line."""
+    time (right), with the target line; ``log_time`` puts the time on a
+    logarithmic axis (runs of minutes beside runs of hours)."""
     figure = Figure(figsize=(12, 4), layout="constrained")
     by_epoch, by_time = figure.subplots(1, 2)
     for name, history in histories.items():
@@ -195,6 +196,9 @@ def accuracy_comparison(
         axis.axhline(100 * target, color="grey", ls="--", label=f"{target:.0%}")
         axis.set(xlabel=label, ylabel="test accuracy (%)")
         axis.legend()
+    if log_time:
+        by_time.set_xscale("log")
+        by_time.set_xlabel("minutes of training (logarithmic)")
     by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
     by_epoch.set_title("Test accuracy against epochs")
     by_time.set_title("Test accuracy against training time")

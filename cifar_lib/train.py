@@ -270,7 +270,11 @@ RECIPES = {
     # run). Batch 256, peak lr 0.2; the
     # weights averaged over about half an epoch of 196 steps (0.999, about five
     # epochs, ended 0.8 points behind the raw weights in the H100 run of 50 epochs;
-    # 0.99 ended ahead of them in the CPU runs and the 183-epoch one).
+    # 0.99 ended ahead of them in the CPU runs and the 183-epoch one). Stronger
+    # augmentation (scaling by up to 10%, the hole at p 0.5) reached 90.81% in 125
+    # epochs on the same H100 (results/ablations/h100_best_stronger_augmentation_
+    # 125_epochs.json, one run, parsed from its log; its weights did not come back,
+    # so it is not the recipe): where the next long run should start.
     "best": dataclasses.replace(
         _FAST,
         name="best",

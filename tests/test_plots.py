@@ -19,3 +19,20 @@ def test_runs_by_change_draws_each_run_and_the_shipped_band():
     assert [m.get_xdata()[0] for m in means] == pytest.approx([84.5, 84.5])
     assert [t.get_text() for t in axis.get_yticklabels()] == list(runs)
     assert axis.yaxis_inverted()
+
+
+@pytest.mark.parametrize("log_time", [False, True])
+def test_accuracy_comparison_puts_minutes_on_a_log_axis_when_asked(log_time):
+    """Runs of minutes on a GPU beside runs of hours on a CPU: a linear time axis
+    would squeeze the short runs into its first pixels."""
+    from cifar_lib.plots import accuracy_comparison
+
+    history = [
+        {"epoch": e, "test_accuracy": 0.5 + e / 100, "seconds": 60.0} for e in (1, 2)
+    ]
+    figure = accuracy_comparison({"a": history, "b": history[:1]}, log_time=log_time)
+    by_epoch, by_time = figure.axes
+    assert by_epoch.get_xscale() == "linear"
+    assert by_time.get_xscale() == ("log" if log_time else "linear")
+    assert list(by_time.lines[0].get_xdata()) == [1.0, 2.0]  # minutes, cumulative
+    assert ("logarithmic" in by_time.get_xlabel()) is log_time

@@ -2,8 +2,9 @@
 # session's length in seconds in LIMIT: logs everything to $OUT/session.log, installs
 # the packages the device's image lacks (.devcarry/whl/), and defines
 #   elapsed, stamp MESSAGE   seconds since the start; a line with them
-#   pack                     the run folders (not their weights or figures) into
-#                            $OUT/runs.tgz, so a run cut off still comes back
+#   pack                     the run folders that this call wrote (not their final
+#                            weights or figures) into $OUT/runs.tgz, so that a run
+#                            cut off still comes back
 #   DATA, RUNS, TRAIN        where the images and runs go; the training command
 #   unpack_data              the images into DATA and decoded (once per machine)
 #   fast_run NAME SEED RESERVE [FLAGS]   one timed run of the fast recipe
@@ -32,9 +33,15 @@ DATA=/tmp/cifar10-jpeg75
 RUNS=/tmp/runs
 mkdir -p "$RUNS"
 TRAIN="python3 -m cifar_lib train --data-dir $DATA --device cuda --no-progress"
+# Only what this call wrote or changed: a warm machine keeps the runs of earlier
+# calls, and together they can pass the 16 MiB that one file may bring back.
+touch /tmp/call_start
 pack() {
-    tar czf "$OUT/runs.tmp" -C $RUNS --exclude=final_model.pt --exclude='*.png' . \
-        && mv "$OUT/runs.tmp" "$OUT/runs.tgz"
+    local changed
+    changed=$(cd $RUNS && find . -mindepth 1 -maxdepth 1 -newer /tmp/call_start)
+    [ -n "$changed" ] || return 0
+    tar czf "$OUT/runs.tmp" -C $RUNS --exclude=final_model.pt --exclude='*.png' \
+        $changed && mv "$OUT/runs.tmp" "$OUT/runs.tgz"
 }
 
 # unpack_data: the packed images into $DATA, decoded and cached, unless a call
