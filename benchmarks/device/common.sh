@@ -9,6 +9,7 @@
 #   unpack_data              the images into DATA and decoded (once per machine)
 #   fast_run NAME SEED RESERVE [FLAGS]   one timed run of the fast recipe
 #   fast_runs NAME RESERVE   fast_run for seeds 0-3 while time is left
+#   watch_runs LOG...        follow background runs until they end or the deadline
 #
 # The device machine needs .devcarry/ (carried): whl/ (albumentations and its
 # needs, torchinfo), cifar10-jpeg75.pack (benchmarks/device/pack_images.py pack)
@@ -67,6 +68,23 @@ fast_run() {
         "$(( ($(date +%s%N) - begin) / 1000000 )) ms (Python start, cached data" \
         "loaded, whitening, training, evaluation, files)"
     pack
+}
+
+# watch_runs LOG...: while the runs started in the background go on and the
+# deadline is 25 s away or more, every 20 s pack and print each LOG's last line;
+# at the deadline stop what still runs (a run's checkpoint.pt can be resumed).
+watch_runs() {
+    while [ -n "$(jobs -r)" ] && [ "$(elapsed)" -lt $((LIMIT - 25)) ]; do
+        sleep 20
+        pack
+        stamp "$(tail -qn1 "$@" | cut -c1-160)"
+    done
+    if [ -n "$(jobs -r)" ]; then
+        stamp "deadline: stopping what still runs (its checkpoint.pt can be resumed)"
+        kill $(jobs -p) 2>/dev/null
+        pkill -f "cifar_lib train" 2>/dev/null
+        sleep 3
+    fi
 }
 
 # fast_runs NAME RESERVE: fast_run for seeds 0-3 while time is left.

@@ -52,16 +52,7 @@ EPOCHS=$(python3 benchmarks/device/fit_epochs.py $((LIMIT - $(elapsed) - 30)) \
 stamp "best, $EPOCHS epochs ${AMP:-(float32)}, alone on the GPU until the deadline"
 $TRAIN --recipe best --epochs $EPOCHS $AMP $GRAPH --out $RUNS/best_long \
     > $RUNS/best_long.log 2>&1 &
-while [ -n "$(jobs -r)" ] && [ "$(elapsed)" -lt $((LIMIT - 25)) ]; do
-    sleep 20
-    pack
-    stamp "$(tail -n1 $RUNS/best_long.log | cut -c1-160)"
-done
-if [ -n "$(jobs -r)" ]; then
-    stamp "deadline: stopping the run (its checkpoint.pt can be resumed)"
-    kill $(jobs -p) 2>/dev/null
-    sleep 3
-fi
+watch_runs $RUNS/best_long.log
 tail -n 3 $RUNS/best_long.log
 pack
 stamp "done"

@@ -55,16 +55,6 @@ $LONG --model CIFAR10ResNetGELU --out $RUNS/best_gelu > $RUNS/best_gelu.log 2>&1
 # the candidate built for 92%: residual depthwise-separable blocks, 5x5 kernels
 $LONG --model CIFAR10DepthwiseResNet \
     --out $RUNS/best_depthwise > $RUNS/best_depthwise.log 2>&1 &
-while [ -n "$(jobs -r)" ] && [ "$(elapsed)" -lt $((LIMIT - 25)) ]; do
-    sleep 20
-    pack
-    stamp "$(tail -qn1 $RUNS/*.log | cut -c1-150)"
-done
-if [ -n "$(jobs -r)" ]; then
-    stamp "deadline: stopping what still runs (its checkpoint.pt can be resumed)"
-    kill $(jobs -p) 2>/dev/null
-    pkill -f "cifar_lib train" 2>/dev/null
-    sleep 3
-fi
+watch_runs $RUNS/best_gelu.log $RUNS/best_depthwise.log
 pack
 stamp "done"
