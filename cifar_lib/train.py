@@ -267,10 +267,10 @@ RECIPES = {
     # results/ablations/cpu_best_depthwise_42_epochs.json) and 97% against 90.5%
     # after 183 (as many as fitted in a GPU session: 4.9 minutes on an H100,
     # results/best.json; at that CPU's 158-171 s an epoch about 8.4 hours, not
-    # run). Batch 256, peak lr 0.2; the
-    # weights averaged over about half an epoch of 196 steps (0.999, about five
-    # epochs, ended 0.8 points behind the raw weights in the H100 run of 50 epochs;
-    # 0.99 ended ahead of them in the CPU runs and the 183-epoch one). Stronger
+    # run). Batch 256, peak lr 0.2; the weights averaged over about half an epoch of
+    # 196 steps (0.999, about five epochs, ended 0.8 points behind the raw weights
+    # in the H100 run of 50 epochs; 0.99 ended ahead of them in the CPU runs and the
+    # 183-epoch one). Stronger
     # augmentation (scaling by up to 10%, the hole at p 0.5) reached 90.81% in 125
     # epochs on the same H100 (results/ablations/h100_best_stronger_augmentation_
     # 125_epochs.json, one run, parsed from its log; its weights did not come back,
@@ -1001,7 +1001,8 @@ def _save_epoch(run: _Run, finished: bool, reason: str) -> None:
     files that do not exist yet. The figure of the curves (a third of a second to
     draw 126 epochs on this project's CPU, while the GPU waits) is redrawn only
     every ``FIGURE_EVERY_S`` seconds and after the last epoch: every epoch on a CPU,
-    about every tenth of a long run on a GPU; history.json has every epoch."""
+    about every twentieth of the best recipe's 1.5-second epochs on an H100;
+    history.json has every epoch."""
     from cifar_lib.plots import training_curves  # matplotlib only when saving
 
     last = run.history[-1]
