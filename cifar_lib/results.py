@@ -378,6 +378,13 @@ def record_run(
         "epochs_to_85": reached[0] if reached else None,
         "seconds_to_85": reached[1] if reached else None,
         "total_seconds": round(seconds, 1),
+        # the time to get ready to train, before the first epoch (runs of 2026-11-27
+        # and later)
+        **(
+            {"prepare_seconds": settings["prepare_seconds"]}
+            if "prepare_seconds" in settings
+            else {}
+        ),
         "subset": settings["data"]["subset"],
         "recipe_settings": recipe,
         "history": history,

@@ -2,7 +2,8 @@
 
 Taught in ``notebooks/05_training.ipynb``. A run lives in one folder:
 
-    run.json             the recipe and the data it was trained on (to repeat it)
+    run.json             the recipe and the data it was trained on (to repeat it),
+                         the machine, the seconds it took to get ready to train
     history.json         one row per finished epoch, rewritten after each epoch
     checkpoint.pt        everything needed to continue after the last finished epoch
     best_model.pt        weights of the epoch with the best test accuracy so far
@@ -569,6 +570,7 @@ def train(
     instead of ``data_dir``. Every check, the data included, happens before
     anything is written or removed, so a mistake leaves the folder as it was.
     """
+    started = time.perf_counter()
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe.validate()
     if subset is not None and subset < 1:
         raise ConfigError(f"subset = {subset} is out of range; it must be at least 1.")
@@ -600,7 +602,15 @@ def train(
         },
     )
     return _fit(
-        recipe, run_dir, arrays, subset, torch_device, num_workers, progress, log
+        recipe,
+        run_dir,
+        arrays,
+        subset,
+        torch_device,
+        num_workers,
+        progress,
+        log,
+        started,
     )
 
 
@@ -614,6 +624,7 @@ def resume(
 ) -> RunResult:
     """Continue the run in ``run_dir`` from its last finished epoch, on the data
     it was started with (or on ``data_dir``, for a copy that has moved)."""
+    started = time.perf_counter()
     run_dir = Path(run_dir)
     if not (run_dir / "run.json").is_file():
         raise RunFolderError(
@@ -646,6 +657,7 @@ def resume(
         data["num_workers"],
         progress,
         log,
+        started,
     )
 
 
@@ -678,8 +690,11 @@ class _Run:
 
 
 def _fit(
-    recipe, run_dir, arrays, subset, device, num_workers, progress, log
+    recipe, run_dir, arrays, subset, device, num_workers, progress, log, started
 ) -> RunResult:
+    """Train ``recipe`` in ``run_dir`` from its last finished epoch (or the first).
+    ``started``: ``time.perf_counter()`` when the caller began, before it loaded
+    the data, so that the time to get ready to train is measured."""
     train_loader, test_loader = make_loaders(
         recipe, arrays, subset, device, num_workers
     )
@@ -742,6 +757,7 @@ def _fit(
     )
     if run.step.capture:
         log("Each training step after the first few replays one CUDA graph.")
+    _note_preparation(run_dir, time.perf_counter() - started, start_epoch, log)
 
     stop_reason = f"trained all {recipe.epochs} epochs"
     for epoch in range(start_epoch, recipe.epochs + 1):
@@ -770,6 +786,20 @@ def _fit(
         f"files in {run_dir}."
     )
     return RunResult(run_dir, run.history, run.best_accuracy, stop_reason, model)
+
+
+def _note_preparation(run_dir: Path, seconds: float, start_epoch: int, log) -> None:
+    """Say how long it took to get ready to train: the data loaded (decoded, or
+    from the cache) and, for the tensor backend, copied to the training device; the
+    model built (its stem whitened, where the recipe says so); the device set up.
+    For a fresh run also in run.json as ``prepare_seconds`` (the training and
+    evaluation are each epoch's ``seconds`` in history.json)."""
+    log(f"Ready to train after {seconds:.1f} s (data loaded, loaders and model built).")
+    if start_epoch == 1:
+        settings = json.loads((run_dir / "run.json").read_text())
+        atomic_write_json(
+            run_dir / "run.json", {**settings, "prepare_seconds": round(seconds, 2)}
+        )
 
 
 def _count(loader) -> int:

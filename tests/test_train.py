@@ -71,6 +71,9 @@ def test_training_learns_the_synthetic_set(tmp_path):
         assert (tmp_path / "run" / name).stat().st_size > 0
     saved = json.loads((tmp_path / "run" / "history.json").read_text())
     assert saved == result.history
+    settings = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert 0 < settings["prepare_seconds"] < 60  # data, loaders, model: before epoch 1
+    assert settings["recipe"] == quick(epochs=4).to_dict()  # the rest kept
     model = load_trained_model(tmp_path / "run" / "best_model.pt")
     best = max(row["test_accuracy"] for row in result.history)
     _, test_loader = training.get_data_loaders(
