@@ -25,6 +25,40 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def augmentation_changes(text: str) -> dict:
+    """``--augmentation hole_p=0.5,scale=0.1`` as {field: value} of
+    ``AugmentationConfig``, each value of its field's type; one sentence if not."""
+    import dataclasses
+
+    from cifar_lib.augment import AugmentationConfig
+    from cifar_lib.errors import ConfigError
+
+    types = {f.name: type(f.default) for f in dataclasses.fields(AugmentationConfig)}
+    changes = {}
+    for item in filter(None, text.split(",")):
+        name, sep, value = item.strip().partition("=")
+        if not sep or name not in types:
+            raise ConfigError(
+                f"--augmentation {item!r}: give NAME=VALUE, NAME one of "
+                f"{', '.join(types)} (e.g. --augmentation hole_p=0.5,scale=0.1)."
+            )
+        try:
+            if types[name] is bool:
+                if value.lower() not in ("true", "false"):
+                    raise ValueError
+                changes[name] = value.lower() == "true"
+            else:
+                changes[name] = types[name](value)
+        except ValueError:
+            kind = "true/false" if types[name] is bool else types[name].__name__
+            raise ConfigError(
+                f"--augmentation {item!r}: {value!r} is not a {kind} value."
+            ) from None
+    if not changes:
+        raise ConfigError("--augmentation needs NAME=VALUE, e.g. hole_p=0.5.")
+    return changes
+
+
 def _number(text: str, ok, rule: str) -> float:
     """``text`` as a float for which ``ok`` holds; else one sentence naming ``rule``."""
     try:
@@ -153,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace the run files in --out if it holds a run already",
     )
+    train.add_argument(
+        "--augmentation",
+        metavar="NAME=VALUE,...",
+        help="change fields of the recipe's augmentation, e.g. hole_p=0.5,scale=0.1 "
+        "(flip_p, shift, scale, rotate, affine_p, hole_size, hole_p, alternate_flip)",
+    )
     train.add_argument("--amp", action="store_true", help=_AMP_HELP)
     train.add_argument("--no-cuda-graph", action="store_true", help=_GRAPH_HELP)
     train.add_argument("--no-cudnn-benchmark", action="store_true", help=_CUDNN_HELP)
@@ -250,7 +290,7 @@ def _train(args: argparse.Namespace) -> None:
         raise ConfigError(f"--workers {args.workers} is out of range; use 0 or more.")
     if args.resume:
         fixed = ("recipe", "model", "epochs", "batch_size", "lr", "ema", "target")
-        fixed += ("seed", "subset", "out", "workers")
+        fixed += ("seed", "subset", "out", "workers", "augmentation")
         changed = [
             f"--{name.replace('_', '-')}"
             for name in fixed
@@ -284,7 +324,11 @@ def _train(args: argparse.Namespace) -> None:
         overrides["cuda_graph"] = False
     if args.no_cudnn_benchmark:
         overrides["cudnn_benchmark"] = False
-    recipe = dataclasses.replace(get_recipe(args.recipe or "seed"), **overrides)
+    shipped = get_recipe(args.recipe or "seed")
+    if args.augmentation:
+        changes = augmentation_changes(args.augmentation)
+        overrides["augmentation"] = dataclasses.replace(shipped.augmentation, **changes)
+    recipe = dataclasses.replace(shipped, **overrides)
     train(
         recipe,
         out=args.out or "runs/latest",

@@ -173,6 +173,26 @@ class Recipe:
                 f"unknown augmentation backend {self.augmentation_backend!r}; use "
                 "tensor or albumentations."
             )
+        augmentation = self.augmentation
+        whole_pixels = isinstance(augmentation.hole_size, int)
+        rules = {
+            "flip_p": (0 <= augmentation.flip_p <= 1, "a probability, in [0, 1]"),
+            "affine_p": (0 <= augmentation.affine_p <= 1, "a probability, in [0, 1]"),
+            "hole_p": (0 <= augmentation.hole_p <= 1, "a probability, in [0, 1]"),
+            "shift": (0 <= augmentation.shift < 1, "a fraction of the side, in [0, 1)"),
+            "scale": (0 <= augmentation.scale < 1, "a fraction, in [0, 1)"),
+            "rotate": (0 <= augmentation.rotate <= 180, "degrees, in [0, 180]"),
+            "hole_size": (
+                whole_pixels and 0 <= augmentation.hole_size <= 32,
+                "a whole number of pixels from 0 to 32",
+            ),
+        }
+        for name, (ok, rule) in rules.items():
+            if not ok:
+                raise ConfigError(
+                    f"augmentation {name} = {getattr(augmentation, name)!r} is out of "
+                    f"range; it must be {rule}."
+                )
         if self.augmentation.alternate_flip and self.augmentation.flip_p != 0.5:
             raise ConfigError(
                 "alternate_flip flips each image in every other epoch, which is a "

@@ -11,6 +11,7 @@ import torch
 
 from cifar_lib import checkpoints
 from cifar_lib.cli import main
+from cifar_lib.train import get_recipe
 
 
 def run_cli(*args, **kwargs):
@@ -39,6 +40,8 @@ def test_train_end_to_end_on_a_tiny_subset(tmp_path, image_folder):
         "CIFAR10ResNet",
         "--amp",
         "--no-cudnn-benchmark",
+        "--augmentation",
+        "hole_p=0.5,scale=0.05",
         "--ema",
         "0.9",
         "--out",
@@ -61,6 +64,8 @@ def test_train_end_to_end_on_a_tiny_subset(tmp_path, image_folder):
     assert settings["recipe"]["model"] == "CIFAR10ResNet"
     assert settings["recipe"]["amp"] is True  # recorded; ignored on a CPU
     assert settings["recipe"]["cudnn_benchmark"] is False  # likewise
+    changed = {**get_recipe("seed").to_dict()["augmentation"], "hole_p": 0.5}
+    assert settings["recipe"]["augmentation"] == {**changed, "scale": 0.05}
     assert settings["recipe"]["ema"] == 0.9 and "(raw weights " in done.stdout
 
 
@@ -154,6 +159,8 @@ def test_resume_refuses_changed_settings(tmp_path, capsys, option):
     assert "--amp cannot change a run being resumed" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path), "--no-cudnn-benchmark"]) == 2
     assert "--no-cudnn-benchmark cannot change" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path), "--augmentation", "hole_p=1"]) == 2
+    assert "--augmentation cannot change" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path), "--out", "x", "--overwrite"]) == 2
     assert "--out, --overwrite cannot change" in capsys.readouterr().err
 
@@ -255,3 +262,42 @@ def test_bench_ends_with_one_json_line(tmp_path, capsys):
     assert saved["train_images_per_s"] == result["train_images_per_s"]
     assert {"date", "hardware", "commit"} <= set(saved)
     assert saved["recipe"] == "seed" and saved["model"] == "CIFAR10ResNet"
+
+
+def test_augmentation_changes_parse_each_field_by_its_type():
+    from cifar_lib.cli import augmentation_changes
+
+    assert augmentation_changes("hole_p=0.5,scale=0.1") == {"hole_p": 0.5, "scale": 0.1}
+    assert augmentation_changes("hole_size=8, alternate_flip=True") == {
+        "hole_size": 8,
+        "alternate_flip": True,
+    }
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        ("hole=0.5", "NAME one of flip_p, shift"),
+        ("hole_p", "give NAME=VALUE"),
+        ("hole_p=half", "'half' is not a float value"),
+        ("hole_size=8.5", "'8.5' is not a int value"),
+        ("alternate_flip=yes", "'yes' is not a true/false value"),
+        (",", "needs NAME=VALUE"),
+        (
+            "hole_p=1.5",
+            "augmentation hole_p = 1.5 is out of range; it must be a probability",
+        ),
+        ("shift=1", "augmentation shift = 1.0 is out of range"),
+        ("rotate=-5", "augmentation rotate = -5.0 is out of range"),
+        ("hole_size=40", "augmentation hole_size = 40 is out of range"),
+    ],
+)
+def test_train_refuses_bad_augmentation_in_one_sentence(
+    given, message, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    args = ["train", "--augmentation", given, "--data-dir", str(tmp_path), "--out"]
+    assert main([*args, str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()
