@@ -50,9 +50,9 @@ def augmentation_changes(text: str) -> dict:
             else:
                 changes[name] = types[name](value)
         except ValueError:
-            kind = "true/false" if types[name] is bool else types[name].__name__
+            kind = {bool: "true or false", int: "a whole number", float: "a number"}
             raise ConfigError(
-                f"--augmentation {item!r}: {value!r} is not a {kind} value."
+                f"--augmentation {item!r}: {value!r} is not {kind[types[name]]}."
             ) from None
     if not changes:
         raise ConfigError("--augmentation needs NAME=VALUE, e.g. hole_p=0.5.")

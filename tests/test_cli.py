@@ -279,9 +279,9 @@ def test_augmentation_changes_parse_each_field_by_its_type():
     [
         ("hole=0.5", "NAME one of flip_p, shift"),
         ("hole_p", "give NAME=VALUE"),
-        ("hole_p=half", "'half' is not a float value"),
-        ("hole_size=8.5", "'8.5' is not a int value"),
-        ("alternate_flip=yes", "'yes' is not a true/false value"),
+        ("hole_p=half", "'half' is not a number"),
+        ("hole_size=8.5", "'8.5' is not a whole number"),
+        ("alternate_flip=yes", "'yes' is not true or false"),
         (",", "needs NAME=VALUE"),
         (
             "hole_p=1.5",
