@@ -101,7 +101,7 @@ def first_reaching(history: list[dict], level: float) -> tuple[int, float] | Non
     for row in history:
         seconds += row["seconds"]
         if row["test_accuracy"] >= level:
-            return row["epoch"], round(seconds, 1)
+            return row["epoch"], seconds
     return None
 
 
@@ -376,7 +376,7 @@ def record_run(
         "best_accuracy_flip_tta": flipped,
         "best_epoch": max(history, key=lambda row: row["test_accuracy"])["epoch"],
         "epochs_to_85": reached[0] if reached else None,
-        "seconds_to_85": reached[1] if reached else None,
+        "seconds_to_85": round(reached[1], 1) if reached else None,
         "total_seconds": round(seconds, 1),
         # the time to get ready to train, before the first epoch (runs of 2026-11-27
         # and later)

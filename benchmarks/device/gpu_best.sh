@@ -46,8 +46,7 @@ AMP=$(python3 -c "
 import json
 rate = {p: json.load(open('$OUT/bench_gpu_best_' + p + '.json'))['train_images_per_s']
         for p in ('fp32', 'bf16')}
-print('--amp' if rate['bf16'] >= 1.2 * rate['fp32'] else '')
-print(rate)" | head -1)
+print('--amp' if rate['bf16'] >= 1.2 * rate['fp32'] else '')")
 RATE_FILE="$OUT/bench_gpu_best_$([ -n "$AMP" ] && echo bf16 || echo fp32).json"
 EPOCHS=$(python3 benchmarks/device/fit_epochs.py $((LIMIT - $(elapsed) - 30)) \
     "$RATE_FILE" --margin 0.85 --most 200) || exit 1
