@@ -21,6 +21,25 @@ def test_pack_then_unpack_gives_the_same_files(tmp_path, image_folder, load_scri
         assert (tmp_path / "copy" / name).read_bytes() == (source / name).read_bytes()
 
 
+def test_pack_is_compressed_and_an_uncompressed_pack_still_unpacks(
+    tmp_path, image_folder, load_script
+):
+    """Packs are xz now (the JPEG headers repeat in every file); a pack written
+    before, the plain bytes after the same header, must still unpack."""
+    import lzma
+
+    packer = load_script("device/pack_images")
+    source = Path(image_folder)
+    packer.pack(source, tmp_path / "packed")
+    plain = lzma.decompress((tmp_path / "packed").read_bytes())
+    total = sum(p.stat().st_size for p in source.glob("*/*/*"))
+    assert len(plain) > total > (tmp_path / "packed").stat().st_size
+    (tmp_path / "plain").write_bytes(plain)
+    packer.unpack(tmp_path / "plain", tmp_path / "copy")
+    for name in (p.relative_to(source) for p in source.glob("*/*/*")):
+        assert (tmp_path / "copy" / name).read_bytes() == (source / name).read_bytes()
+
+
 def test_pack_refuses_a_folder_without_images(tmp_path, load_script):
     with pytest.raises(SystemExit, match="holds no train"):
         load_script("device/pack_images").pack(tmp_path, tmp_path / "packed")
