@@ -50,9 +50,11 @@ def record(
     arrays,
     machine: dict | None = None,
     data: str | None = None,
+    prepare_seconds: float | None = None,
 ) -> None:
     """``machine``: where the run trained (its run.json), if not here and now;
-    ``data``: how to name the data (default: described from ``arrays``)."""
+    ``data``: how to name the data (default: described from ``arrays``);
+    ``prepare_seconds``: the run's time to get ready to train, where known."""
     atomic_write_json(
         out_dir / f"{name}.json",
         {
@@ -62,6 +64,7 @@ def record(
             "runs": 1,
             "recipe_settings": recipe,
             "best_accuracy": max(row["test_accuracy"] for row in history),
+            **({} if prepare_seconds is None else {"prepare_seconds": prepare_seconds}),
             "history": history,
         },
     )
@@ -135,7 +138,16 @@ def main() -> None:
         settings = json.loads((run / "run.json").read_text())
         history = json.loads((run / "history.json").read_text())
         machine = settings.get("machine")
-        record(out_dir, name, settings["recipe"], history, arrays, machine, args.data)
+        record(
+            out_dir,
+            name,
+            settings["recipe"],
+            history,
+            arrays,
+            machine,
+            args.data,
+            settings.get("prepare_seconds"),
+        )
         return
     if args.from_log:
         if not args.machine_of:

@@ -176,3 +176,30 @@ def test_a_run_is_recovered_from_what_train_printed(tmp_path, synthetic, load_sc
         assert parsed["lr"] == pytest.approx(row["lr"], rel=1e-2)
         assert parsed["seconds"] == pytest.approx(row["seconds"], abs=0.05)
         assert parsed["epoch"] == row["epoch"]
+
+
+def test_a_run_folder_is_recorded_with_its_time_to_get_ready(
+    tmp_path, synthetic, image_folder, load_script, monkeypatch
+):
+    """ablation.py --from-run keeps the history, the machine and the seconds the
+    run took to get ready to train (the GPU target counts them)."""
+    import sys
+
+    from cifar_lib.train import get_recipe, train
+
+    recipe = get_recipe("fast", epochs=1, batch_size=64, target=1.0)
+    train(recipe, tmp_path / "run", arrays=synthetic, progress=False, log=lambda _: 0)
+    settings = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert settings["prepare_seconds"] >= 0
+    ablation = load_script("ablation")
+    monkeypatch.setattr(ablation, "ROOT", tmp_path)
+    argv = ["ablation.py", "--data-dir", image_folder, "--data", "synthetic images"]
+    argv += ["--from-run", str(tmp_path / "run"), "tiny"]
+    monkeypatch.setattr(sys, "argv", argv)
+    ablation.main()
+    recorded = json.loads((tmp_path / "results/ablations/tiny.json").read_text())
+    assert recorded["prepare_seconds"] == settings["prepare_seconds"]
+    assert recorded["history"] == json.loads(
+        (tmp_path / "run" / "history.json").read_text()
+    )
+    assert recorded["data"] == "synthetic images" and recorded["runs"] == 1
