@@ -19,7 +19,8 @@
 # first epoch and files: results/gpu/session_h100_73da03f.log).
 # AUGMENTATION, if given, changes the recipe's augmentation for the long run
 # (train --augmentation, e.g. scale=0.1,hole_p=0.5: the stronger augmentation that
-# reached 90.81% in 125 epochs in the third session, where the next should start).
+# reached 90.81% in 125 epochs in the third session, and 90.69% in 280 in the
+# fourth: results/gpu/README.md).
 # common.sh (sourced) sets it up and says what must be carried.
 LIMIT=${1:-560}
 AUGMENT=${2:+--augmentation $2}
