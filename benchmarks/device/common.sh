@@ -8,7 +8,7 @@
 #   DATA, RUNS, TRAIN        where the images and runs go; the training command
 #   unpack_data              the images into DATA and decoded (once per machine)
 #   fast_run NAME SEED RESERVE [FLAGS]   one timed run of the fast recipe
-#   fast_runs NAME RESERVE   fast_run for seeds 0-3 while time is left
+#   fast_runs NAME RESERVE [FLAGS]   fast_run for seeds 0-3 while time is left
 #   watch_runs LOG...        follow background runs until they end or the deadline
 #
 # The device machine needs .devcarry/ (carried): whl/ (albumentations and its
@@ -87,9 +87,10 @@ watch_runs() {
     fi
 }
 
-# fast_runs NAME RESERVE: fast_run for seeds 0-3 while time is left.
+# fast_runs NAME RESERVE [FLAGS]: fast_run for seeds 0-3 while time is left.
 fast_runs() {
+    local name=$1 reserve=$2; shift 2
     for seed in 0 1 2 3; do
-        fast_run $1 $seed $2 || break
+        fast_run $name $seed $reserve "$@" || break
     done
 }

@@ -7,10 +7,15 @@
 # the heuristics, which reached 85% sooner (results/gpu/README.md, third session);
 # they are now the recipe's setting. Output in $OUT as gpu_best.sh's.
 #
-#   bash benchmarks/device/gpu_fast.sh SECONDS
+#   bash benchmarks/device/gpu_fast.sh SECONDS [TRAIN FLAGS]
+# TRAIN FLAGS, if given, change the recipe for these runs (their folders are then
+# named fast_changed_seedN), e.g. the batch-64 candidate of notebook 06, which
+# reached 85% at epoch 8 with seeds 0 and 1 on the CPU:
+#   bash benchmarks/device/gpu_fast.sh 170 --batch-size 64 --lr 0.1 --ema 0.996
 LIMIT=${1:-170}
+shift $(($# > 0 ? 1 : 0))
 source "$(dirname "$0")/common.sh"
 unpack_data || exit 1
-fast_runs fast 5
+fast_runs $([ $# -gt 0 ] && echo fast_changed || echo fast) 5 "$@"
 pack
 stamp "done"
