@@ -13,7 +13,8 @@
 #
 # The device machine needs .devcarry/ (carried): whl/ (albumentations and its
 # needs, torchinfo), cifar10-jpeg75.pack (benchmarks/device/pack_images.py pack)
-# and commit (the commit being measured).
+# and commit (the commit being measured); benchmarks/device/prepare_carry.sh
+# builds it.
 set -u
 START=$(date +%s)
 OUT=${OUT:-/tmp/gpu_out}
