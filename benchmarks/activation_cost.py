@@ -44,18 +44,23 @@ VARIANTS = {
 }
 
 
-def take_turns(variants: dict[str, str], rounds: int, steps: int) -> dict:
-    """Training images per second of the fast recipe with each model of
-    ``variants`` (label: model name), taking turns round by round on the CPU:
+def take_turns(variants: dict[str, str | dict], rounds: int, steps: int) -> dict:
+    """Training images per second of the fast recipe with each variant of
+    ``variants`` (label: a model name, or the recipe's fields to change, such as
+    ``{"batch_size": 64}``), taking turns round by round on the CPU:
     {label: {"train": [a rate per round], "model": [...]}}."""
     device = torch.device("cpu")
     recipe = get_recipe("fast")
-    arrays = random_arrays(max(10_000, recipe.batch_size * (steps + 5)))
+    changes = {
+        name: {"model": change} if isinstance(change, str) else change
+        for name, change in variants.items()
+    }
+    recipes = {name: dataclasses.replace(recipe, **c) for name, c in changes.items()}
+    largest = max(r.batch_size for r in recipes.values())
+    arrays = random_arrays(max(10_000, largest * (steps + 5)))
     setups = {
-        name: _Setup(
-            dataclasses.replace(recipe, model=model), device, arrays, reference=False
-        )
-        for name, model in variants.items()
+        name: _Setup(variant, device, arrays, reference=False)
+        for name, variant in recipes.items()
     }
     for setup in setups.values():  # warm-up: allocator, kernels, caches
         setup.end_to_end(5)

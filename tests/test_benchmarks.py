@@ -96,6 +96,44 @@ def test_model_cost_writes_times_against_the_first_model(
     assert report["rounds"] == 1 and len(other["model_each_round"]) == 1
 
 
+def test_model_cost_compares_batch_sizes_per_image(tmp_path, monkeypatch, load_script):
+    out = tmp_path / "batches.json"
+    argv = ["--out", str(out), "--rounds", "1", "--steps", "2"]
+    _model_cost(monkeypatch, load_script).main(
+        [*argv, "--batch-sizes", "32,64", "CIFAR10ResNetGELU"]
+    )
+    rows = json.loads(out.read_text())["models"]
+    assert [(r["model"], r["batch_size"]) for r in rows] == [
+        ("CIFAR10ResNetGELU", 32),
+        ("CIFAR10ResNetGELU", 64),
+    ]
+    ratio = rows[0]["train_images_per_s"] / rows[1]["train_images_per_s"]
+    assert rows[1]["train_time_vs_first"] == pytest.approx(ratio, abs=2e-3)
+    assert rows[0]["train_time_vs_first"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-sizes", "32,64", "A", "B"], "with --batch-sizes give one model"),
+        (["--batch-sizes", "32,64", "NoSuchNet"], "with --batch-sizes give one model"),
+        (["--batch-sizes", "32", "CIFAR10ResNet"], "two or more different sizes"),
+        (["--batch-sizes", "32,32", "CIFAR10ResNet"], "two or more different"),
+        (["--batch-sizes", "0,32", "CIFAR10ResNet"], "of 1 or more"),
+        (["--batch-sizes", "32,x", "CIFAR10ResNet"], "not a list of whole numbers"),
+    ],
+)
+def test_model_cost_refuses_bad_batch_sizes(
+    args, message, tmp_path, monkeypatch, capsys, load_script
+):
+    with pytest.raises(SystemExit) as stop:
+        _model_cost(monkeypatch, load_script).main(
+            ["--out", str(tmp_path / "x.json"), *args]
+        )
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
 @pytest.mark.parametrize(
     "models", [["CIFAR10ResNet"], ["CIFAR10ResNet", "NoSuchNet"], ["A", "A"]]
 )
