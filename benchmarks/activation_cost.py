@@ -44,18 +44,14 @@ VARIANTS = {
 }
 
 
-def take_turns(variants: dict[str, str | dict], rounds: int, steps: int) -> dict:
+def take_turns(variants: dict[str, dict], rounds: int, steps: int) -> dict:
     """Training images per second of the fast recipe with each variant of
-    ``variants`` (label: a model name, or the recipe's fields to change, such as
-    ``{"batch_size": 64}``), taking turns round by round on the CPU:
-    {label: {"train": [a rate per round], "model": [...]}}."""
+    ``variants`` (label: the recipe's fields to change, such as ``{"model":
+    "CIFAR10ResNetSiLU"}`` or ``{"batch_size": 64}``), taking turns round by round
+    on the CPU: {label: {"train": [a rate per round], "model": [...]}}."""
     device = torch.device("cpu")
     recipe = get_recipe("fast")
-    changes = {
-        name: {"model": change} if isinstance(change, str) else change
-        for name, change in variants.items()
-    }
-    recipes = {name: dataclasses.replace(recipe, **c) for name, c in changes.items()}
+    recipes = {name: dataclasses.replace(recipe, **c) for name, c in variants.items()}
     largest = max(r.batch_size for r in recipes.values())
     arrays = random_arrays(max(10_000, largest * (steps + 5)))
     setups = {
@@ -104,7 +100,8 @@ def main() -> None:
     if args.rounds < 1 or args.steps < 1:
         parser.error("--rounds and --steps: give 1 or more.")
     models.MODELS["CIFAR10ResNetGELUTanh"] = CIFAR10ResNetGELUTanh
-    rates = take_turns(VARIANTS, args.rounds, args.steps)
+    variants = {name: {"model": model} for name, model in VARIANTS.items()}
+    rates = take_turns(variants, args.rounds, args.steps)
     rows = [
         {"activation": name, "model": VARIANTS[name], **row}
         for name, row in rows_against(rates, "ReLU", "relu").items()

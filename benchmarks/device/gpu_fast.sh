@@ -10,7 +10,7 @@
 #   bash benchmarks/device/gpu_fast.sh SECONDS [TRAIN FLAGS]
 # TRAIN FLAGS, if given, change the recipe for these runs (their folders are then
 # named fast_changed_seedN), e.g. the batch-64 candidate of notebook 06, which
-# reached 85% at epoch 8 with seeds 0 and 1 on the CPU:
+# reached 85% at epoch 8 with seeds 0 to 3 on the CPU:
 #   bash benchmarks/device/gpu_fast.sh 170 --batch-size 64 --lr 0.1 --ema 0.996
 LIMIT=${1:-170}
 shift $(($# > 0 ? 1 : 0))
