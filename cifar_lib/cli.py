@@ -193,6 +193,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="change fields of the recipe's augmentation, e.g. hole_p=0.5,scale=0.1 "
         "(flip_p, shift, scale, rotate, affine_p, hole_size, hole_p, alternate_flip)",
     )
+    train.add_argument(
+        "--teacher",
+        metavar="RECIPE_OR_FILE",
+        help="distil: also learn from the predictions of a trained network, a recipe "
+        "whose weights ship (best, fast, seed) or a weights file written by train "
+        "(a run's best_model.pt)",
+    )
+    train.add_argument(
+        "--distill-weight",
+        type=_fraction,
+        metavar="W",
+        help="with --teacher: the loss is (1 - W) * cross-entropy with the labels + "
+        "W * the teacher's term (default 0.9)",
+    )
+    train.add_argument(
+        "--distill-temperature",
+        type=_positive_float,
+        metavar="T",
+        help="with --teacher: the temperature of both softmaxes (default 4)",
+    )
     train.add_argument("--amp", action="store_true", help=_AMP_HELP)
     train.add_argument("--no-cuda-graph", action="store_true", help=_GRAPH_HELP)
     train.add_argument("--no-cudnn-benchmark", action="store_true", help=_CUDNN_HELP)
@@ -290,7 +310,8 @@ def _train(args: argparse.Namespace) -> None:
         raise ConfigError(f"--workers {args.workers} is out of range; use 0 or more.")
     if args.resume:
         fixed = ("recipe", "model", "epochs", "batch_size", "lr", "ema", "target")
-        fixed += ("seed", "subset", "out", "workers", "augmentation")
+        fixed += ("seed", "subset", "out", "workers", "augmentation", "teacher")
+        fixed += ("distill_weight", "distill_temperature")
         changed = [
             f"--{name.replace('_', '-')}"
             for name in fixed
@@ -313,11 +334,20 @@ def _train(args: argparse.Namespace) -> None:
             data_dir=args.data_dir,
         )
         return
+    distilling = ("teacher", "distill_weight", "distill_temperature")
     overrides = {
         name: getattr(args, name)
         for name in ("model", "epochs", "batch_size", "lr", "ema", "target", "seed")
+        + distilling
         if getattr(args, name) is not None
     }
+    if args.teacher is None and (
+        args.distill_weight is not None or args.distill_temperature is not None
+    ):
+        raise ConfigError(
+            "--distill-weight and --distill-temperature shape the teacher's part of "
+            "the loss; give --teacher too."
+        )
     if args.amp:
         overrides["amp"] = True
     if args.no_cuda_graph:

@@ -10,8 +10,9 @@ run each, on two machines of the same kind).
 
 ``TrainStep`` is the step the training loop calls for every batch:
 
-- forward, loss, backward, the optimiser's step, the update of the weight average
-  (if any) and the running sums of loss and correct predictions;
+- forward (and the teacher's, when the recipe distils), loss, backward, the
+  optimiser's step, the update of the weight average (if any) and the running
+  sums of loss and correct predictions;
 - eagerly, exactly as written, on any device; or, on CUDA with ``capture=True``,
   eagerly for the first ``WARM_UP_STEPS`` full batches (they create the momentum
   buffers and let cuDNN choose its algorithms), then captured once and replayed
@@ -95,11 +96,13 @@ class TrainStep:
         scaler: torch.amp.GradScaler | None = None,
         amp_dtype: torch.dtype | None = None,
         capture: bool = False,
+        teacher: nn.Module | None = None,
     ) -> None:
         if capture and device.type != "cuda":
             raise ValueError("capture=True needs a CUDA device")
         self.model, self.optimizer, self.criterion = model, optimizer, criterion
         self.device, self.ema, self.amp_dtype = device, ema, amp_dtype
+        self.teacher = teacher  # criterion(logits, labels, teacher's logits) if any
         self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
         if capture and self.scaler is not None:
             raise ValueError("a captured step cannot scale the loss")
@@ -144,7 +147,12 @@ class TrainStep:
         use_amp = self.amp_dtype is not None
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=use_amp):
             logits = self.model(images)
-            loss = self.criterion(logits, labels)
+            if self.teacher is None:
+                loss = self.criterion(logits, labels)
+            else:
+                with torch.no_grad():
+                    taught = self.teacher(images)
+                loss = self.criterion(logits, labels, taught)
         return logits, loss
 
     def _count(self, logits: Tensor, loss: Tensor, labels: Tensor) -> None:

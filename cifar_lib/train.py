@@ -44,6 +44,7 @@ from cifar_lib.data import (
     set_epoch,
     take_subset,
 )
+from cifar_lib.distill import DistillationLoss, freeze
 from cifar_lib.errors import ConfigError, RunFolderError, TrainingDivergedError
 from cifar_lib.files import atomic_save_figure, atomic_write_json
 from cifar_lib.graphs import TrainStep, graph_unsupported
@@ -97,6 +98,16 @@ class Recipe:
     # this decay (0: off). When on, the average is what is evaluated and saved;
     # the history also keeps the raw weights' test accuracy.
     ema: float = 0.0
+    # Knowledge distillation (cifar_lib.distill), off when empty: also learn from
+    # the predictions of a trained network, the "teacher": a recipe whose weights
+    # ship (pretrained/<name>.pt, e.g. "best") or a weights file written by train
+    # (a run's best_model.pt or final_model.pt). The loss is (1 - distill_weight) *
+    # the cross-entropy with the labels + distill_weight * T**2 * the KL divergence
+    # of the student's softmax from the teacher's, both at temperature T =
+    # distill_temperature.
+    teacher: str = ""
+    distill_weight: float = 0.9
+    distill_temperature: float = 4.0
     # Start the first convolution as a whitening filter bank computed from the
     # training images (cifar_lib.whitening); it trains like any other layer.
     whiten_stem: bool = False
@@ -142,6 +153,9 @@ class Recipe:
             "seed": 0 <= self.seed < 2**31,
             "eval_batch_size": self.eval_batch_size >= 1,
             "plateau_factor": 0 < self.plateau_factor < 1,
+            "distill_weight": 0 < self.distill_weight <= 1,
+            "distill_temperature": self.distill_temperature > 0
+            and math.isfinite(self.distill_temperature),
         }
         limits = {
             "epochs": "at least 1",
@@ -155,6 +169,8 @@ class Recipe:
             "seed": "a whole number from 0 to 2**31 - 1",
             "eval_batch_size": "at least 1",
             "plateau_factor": "in (0, 1)",
+            "distill_weight": "in (0, 1], e.g. 0.9 (1: the teacher alone)",
+            "distill_temperature": "a positive number, e.g. 4",
         }
         for name, ok in problems.items():
             if not ok:
@@ -599,6 +615,7 @@ def train(
     torch_device = select_device(device)
     run_dir = Path(out)
     _prepare_run_folder(run_dir, overwrite, remove=False)  # refuse early
+    teacher = load_teacher(recipe, torch_device)
     if arrays is None:
         arrays = load_cifar10(data_dir)
     _prepare_run_folder(run_dir, overwrite, remove=True)
@@ -633,6 +650,7 @@ def train(
         progress,
         log,
         started,
+        teacher,
     )
 
 
@@ -712,11 +730,23 @@ class _Run:
 
 
 def _fit(
-    recipe, run_dir, arrays, subset, device, num_workers, progress, log, started
+    recipe,
+    run_dir,
+    arrays,
+    subset,
+    device,
+    num_workers,
+    progress,
+    log,
+    started,
+    teacher=None,
 ) -> RunResult:
     """Train ``recipe`` in ``run_dir`` from its last finished epoch (or the first).
     ``started``: ``time.perf_counter()`` when the caller began, before it loaded
-    the data, so that the time to get ready to train is measured."""
+    the data, so that the time to get ready to train is measured. ``teacher``:
+    the recipe's teacher if the caller has loaded it already."""
+    if teacher is None:
+        teacher = load_teacher(recipe, device)
     train_loader, test_loader = make_loaders(
         recipe, arrays, subset, device, num_workers
     )
@@ -775,7 +805,7 @@ def _fit(
         )
     # after loading: a captured step holds on to these very tensors
     run.step = make_train_step(
-        recipe, model, optimizer, device, run.ema, run.scaler, run.amp_dtype
+        recipe, model, optimizer, device, run.ema, run.scaler, run.amp_dtype, teacher
     )
     if run.step.capture:
         log("Each training step after the first few replays one CUDA graph.")
@@ -1028,19 +1058,30 @@ def make_train_step(
     ema: torch.optim.swa_utils.AveragedModel | None = None,
     scaler: torch.amp.GradScaler | None = None,
     amp_dtype: torch.dtype | None = None,
+    teacher: nn.Module | None = None,
 ) -> TrainStep:
-    """``recipe``'s training step (its loss with its label smoothing): replayed as
-    a CUDA graph where the recipe and the device allow it
-    (``graphs.graph_unsupported``), else eager."""
+    """``recipe``'s training step (its loss with its label smoothing, and with the
+    ``teacher``'s predictions where the recipe distils): replayed as a CUDA graph
+    where the recipe and the device allow it (``graphs.graph_unsupported``), else
+    eager."""
+    if recipe.teacher and teacher is None:
+        raise ConfigError(f"recipe {recipe.name!r} distils: pass its teacher.")
+    if teacher is not None:
+        criterion = DistillationLoss(
+            recipe.distill_weight, recipe.distill_temperature, recipe.label_smoothing
+        )
+    else:
+        criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     return TrainStep(
         model,
         optimizer,
-        nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing),
+        criterion,
         device,
         ema,
         scaler=scaler,
         amp_dtype=amp_dtype,
         capture=graph_unsupported(recipe, device, scaler) is None,
+        teacher=teacher,
     )
 
 
@@ -1128,3 +1169,26 @@ def load_pretrained(recipe: str = "fast", device: str | None = "cpu") -> nn.Modu
     model = build_model(chosen.model, dropout=chosen.dropout)
     model.load_state_dict(state)
     return model.to(select_device(device)).eval()
+
+
+def load_teacher(recipe: Recipe, device: torch.device) -> nn.Module | None:
+    """The frozen teacher that ``recipe.teacher`` names (None when the recipe does
+    not distil), on ``device`` in the recipe's memory layout: the shipped weights of
+    a recipe (``"best"``), or a weights file written by ``train``
+    (``best_model.pt``, ``final_model.pt``)."""
+    source = recipe.teacher
+    if not source:
+        return None
+    if source in RECIPES:
+        teacher = load_pretrained(source, device=str(device))
+    elif Path(source).is_file():
+        teacher = load_trained_model(source, device=str(device))
+    else:
+        raise ConfigError(
+            f"teacher {source!r} is neither a recipe with shipped weights "
+            f"({', '.join(RECIPES)}) nor a file; give one of them, or a run's "
+            "best_model.pt."
+        )
+    if recipe.channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    return freeze(teacher)

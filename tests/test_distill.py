@@ -1,0 +1,219 @@
+"""Knowledge distillation: the loss, the teacher, and training with one."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cifar_lib import checkpoints
+from cifar_lib import train as training
+from cifar_lib.cli import main
+from cifar_lib.distill import DistillationLoss
+from cifar_lib.errors import ConfigError
+from cifar_lib.train import get_recipe, load_teacher, resume, train
+
+
+def quiet(*_):
+    pass
+
+
+def quick(**overrides):
+    values = dict(epochs=2, batch_size=32, target=1.0)
+    values.update(overrides)
+    return get_recipe("seed", **values)
+
+
+def by_hand(logits, labels, teacher, weight, temperature, smoothing=0.0):
+    """The loss written out: cross-entropy with (smoothed) labels, and the
+    teacher's term as sum p_t * (log p_t - log p_s) over classes."""
+    classes = logits.shape[1]
+    target = torch.full_like(logits, smoothing / classes)
+    target[torch.arange(len(labels)), labels] += 1 - smoothing
+    hard = -(target * logits.log_softmax(1)).sum(1).mean()
+    p_teacher = (teacher / temperature).softmax(1)
+    log_student = (logits / temperature).log_softmax(1)
+    soft = (p_teacher * (p_teacher.log() - log_student)).sum(1).mean()
+    return (1 - weight) * hard + weight * temperature**2 * soft
+
+
+@pytest.mark.parametrize(
+    "weight, temperature, smoothing",
+    [(0.9, 4.0, 0.1), (0.5, 1.0, 0.0), (1.0, 2.0, 0.0)],
+)
+def test_loss_is_the_weighted_sum_of_both_terms(weight, temperature, smoothing):
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, 10, generator=generator, dtype=torch.float64)
+    teacher = 3 * torch.randn(16, 10, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 10, (16,), generator=generator)
+    loss = DistillationLoss(weight, temperature, smoothing)(logits, labels, teacher)
+    expected = by_hand(logits, labels, teacher, weight, temperature, smoothing)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_a_student_that_agrees_with_its_teacher_pays_only_for_the_labels():
+    logits = torch.randn(8, 10)
+    labels = torch.randint(0, 10, (8,))
+    loss = DistillationLoss(0.9, 4.0)(logits, labels, logits.clone())
+    assert loss.item() == pytest.approx(0.1 * F.cross_entropy(logits, labels).item())
+    assert DistillationLoss(1.0, 4.0)(logits, labels, logits).abs().item() < 1e-6
+
+
+def test_the_teacher_term_pulls_the_student_towards_the_teacher():
+    logits = torch.zeros(4, 10, requires_grad=True)
+    teacher = torch.zeros(4, 10)
+    teacher[:, 3] = 5.0  # the teacher is sure it is class 3; the labels say 0
+    DistillationLoss(1.0, 4.0)(
+        logits, torch.zeros(4, dtype=torch.long), teacher
+    ).backward()
+    assert (logits.grad[:, 3] < 0).all()  # descending raises class 3's logit
+    assert (logits.grad[:, 0] > 0).all()
+
+
+def test_low_precision_logits_are_computed_in_float32():
+    logits = torch.randn(8, 10)
+    labels = torch.randint(0, 10, (8,))
+    teacher = torch.randn(8, 10)
+    loss = DistillationLoss(0.9, 4.0)
+    low = loss(logits.bfloat16(), labels, teacher.bfloat16())
+    assert low.dtype == torch.float32
+    high = loss(logits.bfloat16().float(), labels, teacher.bfloat16().float())
+    assert low.item() == pytest.approx(high.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        (
+            "distill_weight",
+            0.0,
+            r"distill_weight = 0.0 is out of range; it must be in \(0, 1\]",
+        ),
+        ("distill_weight", 1.5, "distill_weight = 1.5 is out of range"),
+        ("distill_temperature", 0.0, "distill_temperature = 0.0 is out of range"),
+        (
+            "distill_temperature",
+            float("inf"),
+            "distill_temperature = inf is out of range",
+        ),
+    ],
+)
+def test_distillation_values_out_of_range(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        dataclasses.replace(get_recipe("seed"), **{field: value}).validate()
+
+
+def test_shipped_weights_teach_frozen_and_in_evaluation_mode():
+    teacher = load_teacher(get_recipe("fast", teacher="best"), torch.device("cpu"))
+    assert type(teacher).__name__ == get_recipe("best").model
+    assert not teacher.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert load_teacher(get_recipe("fast"), torch.device("cpu")) is None
+
+
+def test_an_unknown_teacher_is_one_sentence_and_writes_nothing(tmp_path, synthetic):
+    recipe = quick(teacher=str(tmp_path / "missing.pt"))
+    with pytest.raises(ConfigError, match="is neither a recipe with shipped weights"):
+        train(recipe, out=tmp_path / "run", arrays=synthetic, progress=False, log=quiet)
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_with_a_teacher_changes_the_student_not_the_teacher(
+    tmp_path, synthetic
+):
+    train(
+        quick(epochs=1),
+        out=tmp_path / "teacher",
+        arrays=synthetic,
+        progress=False,
+        log=quiet,
+    )
+    source = tmp_path / "teacher" / "final_model.pt"
+    before = checkpoints.load(source)["model"]
+    recipe = quick(teacher=str(source), distill_weight=0.5, distill_temperature=2.0)
+    taught = train(
+        recipe, out=tmp_path / "taught", arrays=synthetic, progress=False, log=quiet
+    )
+    alone = train(
+        quick(), out=tmp_path / "alone", arrays=synthetic, progress=False, log=quiet
+    )
+    after = checkpoints.load(source)["model"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    a = checkpoints.load(tmp_path / "taught" / "final_model.pt")["model"]
+    b = checkpoints.load(tmp_path / "alone" / "final_model.pt")["model"]
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+    assert len(taught.history) == len(alone.history) == 2
+    settings = json.loads((tmp_path / "taught" / "run.json").read_text())
+    assert settings["recipe"]["teacher"] == str(source)
+    assert settings["recipe"]["distill_weight"] == 0.5
+
+
+def test_one_step_with_a_teacher_adds_the_distillation_loss(synthetic):
+    recipe = quick(teacher="unused", distill_weight=0.7, distill_temperature=3.0)
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    student = training.prepare_model(recipe, device)
+    teacher = training.prepare_model(recipe, device).eval()
+    optimizer = training.make_optimizer(student, recipe)
+    step = training.make_train_step(recipe, student, optimizer, device, teacher=teacher)
+    images = torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (8,))
+    student.train()
+    torch.manual_seed(1)  # the dropout masks of the step
+    with torch.no_grad():
+        expected_teacher = teacher(images)
+    torch.manual_seed(1)
+    expected_student = student(images).detach()
+    torch.manual_seed(1)
+    step(images, labels)
+    expected = by_hand(
+        expected_student.double(), labels, expected_teacher.double(), 0.7, 3.0
+    )
+    assert step.loss_sum.item() / 8 == pytest.approx(expected.item(), rel=1e-4)
+    with pytest.raises(ConfigError, match="pass its teacher"):
+        training.make_train_step(recipe, student, optimizer, device)
+
+
+def test_a_distilled_run_resumes_with_its_teacher(tmp_path, synthetic, monkeypatch):
+    train(
+        quick(epochs=1),
+        out=tmp_path / "teacher",
+        arrays=synthetic,
+        progress=False,
+        log=quiet,
+    )
+    recipe = quick(epochs=2, teacher=str(tmp_path / "teacher" / "best_model.pt"))
+    whole = train(
+        recipe, out=tmp_path / "whole", arrays=synthetic, progress=False, log=quiet
+    )
+    real_epoch = training.train_one_epoch
+
+    def interrupted(*args, epoch, **kwargs):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, epoch=epoch, **kwargs)
+
+    monkeypatch.setattr(training, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, out=tmp_path / "cut", arrays=synthetic, progress=False, log=quiet)
+    monkeypatch.setattr(training, "train_one_epoch", real_epoch)
+    resumed = resume(tmp_path / "cut", arrays=synthetic, progress=False, log=quiet)
+    strip = lambda h: [{k: v for k, v in r.items() if "seconds" not in k} for r in h]  # noqa: E731
+    assert strip(resumed.history) == strip(whole.history)
+
+
+def test_command_line_distillation_options(tmp_path, capsys, image_folder):
+    out = tmp_path / "run"
+    base = ["train", "--data-dir", image_folder, "--out", str(out)]
+    assert main([*base, "--distill-weight", "0.5"]) == 2
+    assert "give --teacher too" in capsys.readouterr().err
+    assert main([*base, "--teacher", str(tmp_path / "nothing.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "is neither a recipe with shipped weights" in err and "Traceback" not in err
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        main([*base, "--teacher", "best", "--distill-weight", "0"])
+    assert "0.0 is out of range" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path), "--teacher", "best"]) == 2
+    assert "--teacher cannot change a run being resumed" in capsys.readouterr().err
