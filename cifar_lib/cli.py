@@ -82,6 +82,10 @@ def _decay(text: str) -> float:
     )
 
 
+def _smoothing(text: str) -> float:
+    return _number(text, lambda v: 0 <= v < 1, "give a fraction in [0, 1), e.g. 0.1")
+
+
 def _positive_float(text: str) -> float:
     return _number(text, lambda v: v > 0, "it must be above 0")
 
@@ -147,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
         "and saved; it spans about 1/(1 - DECAY) steps; 0 for none (default: the "
         "recipe's: "
         + ", ".join(f"{name} {recipe.ema:g}" for name, recipe in RECIPES.items())
+        + ")",
+    )
+    train.add_argument(
+        "--label-smoothing",
+        type=_smoothing,
+        metavar="EPS",
+        help="train towards the one-hot labels mixed with EPS of the uniform "
+        "distribution over the 10 classes (default: the recipe's: "
+        + ", ".join(f"{n} {r.label_smoothing:g}" for n, r in RECIPES.items())
         + ")",
     )
     train.add_argument(
@@ -310,6 +323,7 @@ def _train(args: argparse.Namespace) -> None:
         raise ConfigError(f"--workers {args.workers} is out of range; use 0 or more.")
     if args.resume:
         fixed = ("recipe", "model", "epochs", "batch_size", "lr", "ema", "target")
+        fixed += ("label_smoothing",)
         fixed += ("seed", "subset", "out", "workers", "augmentation", "teacher")
         fixed += ("distill_weight", "distill_temperature")
         changed = [
@@ -338,7 +352,7 @@ def _train(args: argparse.Namespace) -> None:
     overrides = {
         name: getattr(args, name)
         for name in ("model", "epochs", "batch_size", "lr", "ema", "target", "seed")
-        + distilling
+        + ("label_smoothing", *distilling)
         if getattr(args, name) is not None
     }
     if args.teacher is None and (

@@ -44,6 +44,14 @@ def test_train_end_to_end_on_a_tiny_subset(tmp_path, image_folder):
         "hole_p=0.5,scale=0.05",
         "--ema",
         "0.9",
+        "--label-smoothing",
+        "0.05",
+        "--teacher",
+        "best",
+        "--distill-weight",
+        "0.5",
+        "--distill-temperature",
+        "2",
         "--out",
         str(out),
         "--no-progress",
@@ -67,6 +75,10 @@ def test_train_end_to_end_on_a_tiny_subset(tmp_path, image_folder):
     changed = {**get_recipe("seed").to_dict()["augmentation"], "hole_p": 0.5}
     assert settings["recipe"]["augmentation"] == {**changed, "scale": 0.05}
     assert settings["recipe"]["ema"] == 0.9 and "(raw weights " in done.stdout
+    assert settings["recipe"]["label_smoothing"] == 0.05
+    assert settings["recipe"]["teacher"] == "best"
+    assert settings["recipe"]["distill_weight"] == 0.5
+    assert settings["recipe"]["distill_temperature"] == 2.0
 
 
 def test_summary_reports_count_constraints_and_receptive_field(capsys):
@@ -108,6 +120,7 @@ def test_help_explains_every_option():
         (["--workers", "-1"], "--workers -1 is out of range"),
         (["--ema", "1"], "1.0 is out of range: give a decay in [0, 1)"),
         (["--ema", "x"], "'x' is not a number"),
+        (["--label-smoothing", "1"], "1.0 is out of range: give a fraction in [0, 1)"),
     ],
 )
 def test_bad_options_exit_non_zero_with_one_sentence(
@@ -161,6 +174,8 @@ def test_resume_refuses_changed_settings(tmp_path, capsys, option):
     assert "--no-cudnn-benchmark cannot change" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path), "--augmentation", "hole_p=1"]) == 2
     assert "--augmentation cannot change" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path), "--label-smoothing", "0"]) == 2
+    assert "--label-smoothing cannot change" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path), "--out", "x", "--overwrite"]) == 2
     assert "--out, --overwrite cannot change" in capsys.readouterr().err
 

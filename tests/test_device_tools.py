@@ -46,6 +46,7 @@ def test_pack_refuses_a_folder_without_images(tmp_path, load_script):
 
 
 SCRIPTS = ["gpu_session.sh", "gpu_graph_check.sh", "gpu_best.sh", "common.sh"]
+SCRIPTS += ["gpu_distill.sh"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -117,4 +118,24 @@ def test_fit_epochs_reads_bench_files_and_refuses_bad_ones(
     assert capsys.readouterr().out.strip() == "40"
     (tmp_path / "bad.json").write_text("{}")
     assert fit.main(["150", str(tmp_path / "bad.json")]) == 2
+    assert capsys.readouterr().err.startswith("error: no epoch count")
+
+
+def test_fit_epochs_sizes_a_distilled_run(tmp_path, capsys, load_script):
+    fit = load_script("device/fit_epochs")
+    # the teacher's epochs after its first took 3 s (median): its forward passes
+    # add 1 s to the student's 1.5 s
+    history = [{"train_seconds": s} for s in (20.0, 3.0, 2.9, 3.1, 3.0)]
+    assert fit.distilled_epoch_seconds(1.5, history) == pytest.approx(2.5)
+    assert fit.distilled_epoch_seconds(1.5, history[:1]) == pytest.approx(1.5 + 20 / 3)
+    with pytest.raises(ValueError):
+        fit.distilled_epoch_seconds(1.5, [])
+    (tmp_path / "history.json").write_text(json.dumps(history))
+    args = ["300", "--teacher-history", str(tmp_path / "history.json")]
+    assert fit.main([*args, "--student-epoch-s", "1.5", "--margin", "0.8"]) == 0
+    assert capsys.readouterr().out.strip() == "96"  # 0.8 * 300 / 2.5
+    assert fit.main([*args, "--student-epoch-s", "1.5", "--most", "50"]) == 0
+    assert capsys.readouterr().out.strip() == "50"
+    (tmp_path / "history.json").write_text("[]")
+    assert fit.main(args) == 2
     assert capsys.readouterr().err.startswith("error: no epoch count")

@@ -196,3 +196,20 @@ def test_depthwise_resnet_is_built_of_separable_blocks():
     x = torch.randn(2, 48, 32, 32)
     assert model.stage1(x).shape == x.shape
     assert model.down2(model.stage2(model.down1(x))).shape == (2, 184, 8, 8)
+
+
+def test_the_teacher_is_outside_the_rules_and_says_so():
+    """CIFAR10TeacherResNet teaches the best model (cifar_lib.distill); it is not a
+    solution of the assignment, and the checker must say so."""
+    from cifar_lib.whitening import whitening_init
+
+    model = build_model("CIFAR10TeacherResNet")
+    assert count_parameters(model) == 3_390_458
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    report = check_constraints(model)
+    assert not report.passed
+    assert not report["parameters < 200,000"].passed
+    assert not report["depthwise-separable convolution"].passed
+    assert not report["dilated convolution"].passed
+    images = torch.randint(0, 256, (20, 32, 32, 3), dtype=torch.uint8).numpy()
+    whitening_init(model, images)  # its 48-filter stem can be whitened

@@ -10,6 +10,15 @@ only) and the files, and half a second; the runs share the GPU, so together they
 need the sum of their epochs. Prints the number of epochs (at most --most) that
 fills --margin of SECONDS, so that every run finishes its schedule: a one-cycle
 schedule cut off before its end says little about where it would have ended.
+
+    python3 benchmarks/device/fit_epochs.py SECONDS --teacher-history HISTORY.json
+
+sizes a distilled run instead (gpu_distill.sh): an epoch of the student, measured
+alone (--student-epoch-s, 1.55 s for the best recipe on an H100), plus the
+teacher's forward passes over the same images, taken as a third of the teacher's
+own training epoch (the median of its epochs after the first, from the
+history.json of its run): a forward pass is about a third of the arithmetic of a
+training step (forward, then backward through activations and weights).
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -41,21 +51,40 @@ def epochs_that_fit(
     return max(0, min(most, math.floor(margin * seconds / together)))
 
 
+def distilled_epoch_seconds(student_epoch_s: float, teacher_history: list) -> float:
+    """An epoch of the student with the teacher's forward passes added (see the
+    module's docstring)."""
+    times = [row["train_seconds"] for row in teacher_history]
+    if not times or student_epoch_s <= 0:
+        raise ValueError("give the teacher's history and a positive student epoch")
+    return student_epoch_s + statistics.median(times[1:] or times) / 3
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("seconds", type=float)
-    parser.add_argument("bench", nargs="+", help="bench JSON files, one per run")
+    parser.add_argument("bench", nargs="*", help="bench JSON files, one per run")
     parser.add_argument("--margin", type=float, default=0.8)
     parser.add_argument("--most", type=int, default=150)
+    parser.add_argument("--teacher-history", help="history.json of the teacher's run")
+    parser.add_argument("--student-epoch-s", type=float, default=1.55)
     args = parser.parse_args(argv)
     try:
-        rates = [
-            json.loads(Path(path).read_text())["train_images_per_s"]
-            for path in args.bench
-        ]
-        epochs = epochs_that_fit(args.seconds, rates, args.margin, args.most)
-    except (OSError, KeyError, ValueError) as error:
-        print(f"error: no epoch count from {args.bench}: {error}", file=sys.stderr)
+        if args.teacher_history:
+            history = json.loads(Path(args.teacher_history).read_text())
+            epoch = distilled_epoch_seconds(args.student_epoch_s, history)
+            epochs = max(
+                0, min(args.most, math.floor(args.margin * args.seconds / epoch))
+            )
+        else:
+            rates = [
+                json.loads(Path(path).read_text())["train_images_per_s"]
+                for path in args.bench
+            ]
+            epochs = epochs_that_fit(args.seconds, rates, args.margin, args.most)
+    except (OSError, KeyError, TypeError, ValueError) as error:
+        source = args.teacher_history or args.bench
+        print(f"error: no epoch count from {source}: {error}", file=sys.stderr)
         return 2
     print(epochs)
     return 0

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# A call on a lent GPU machine for the 92% of the `best` recipe by distillation
+# (cifar_lib.distill): first a teacher outside the assignment's rules
+# (CIFAR10TeacherResNet, 3.4 million parameters) trained with the best recipe's
+# settings but without label smoothing (a teacher trained with it distils worse:
+# Mueller, Kornblith and Hinton, "When does label smoothing help?", 2019), then the
+# best recipe's model trained on the labels and on that teacher's predictions for
+# as many epochs as fit before the deadline (fit_epochs.py --teacher-history, at
+# most the recipe's 183). The teacher's weights (13.6 MB) stay on the machine,
+# outside the packed runs: only its run.json, history.json and log come back. The
+# teacher taught is its final weights, not those of its best test epoch, so that
+# the test set chooses nothing.
+#
+#   bash benchmarks/device/gpu_distill.sh SECONDS [TEACHER_EPOCHS]
+# TEACHER_EPOCHS defaults to 40. Output in $OUT as gpu_best.sh's (session.log,
+# runs.tgz with teacher/ and best_distilled/).
+LIMIT=${1:-580}
+TEACHER_EPOCHS=${2:-40}
+source "$(dirname "$0")/common.sh"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+stamp "unpack and decode the data, meanwhile the CUDA tests"
+unpack_data > "$RUNS/decode.log" 2>&1 &
+DECODE=$!
+GRAPH=""
+if ! python3 -m pytest -q -o addopts="-p no:cacheprovider" tests/test_graphs.py; then
+    GRAPH="--no-cuda-graph"
+    stamp "the captured step failed its tests: the runs below launch every kernel"
+fi
+wait $DECODE || { cat "$RUNS/decode.log"; exit 1; }
+cat "$RUNS/decode.log"
+
+TEACHER=/tmp/teacher  # outside $RUNS: its weights are not packed
+stamp "teacher: CIFAR10TeacherResNet, $TEACHER_EPOCHS epochs, no label smoothing"
+$TRAIN --recipe best --model CIFAR10TeacherResNet --epochs $TEACHER_EPOCHS \
+    --label-smoothing 0 $GRAPH --out $TEACHER > $RUNS/teacher.log 2>&1 &
+watch_runs $RUNS/teacher.log
+mkdir -p $RUNS/teacher && cp $TEACHER/run.json $TEACHER/history.json $RUNS/teacher/
+tail -n 2 $RUNS/teacher.log
+[ -f $TEACHER/final_model.pt ] || { stamp "the teacher did not finish"; pack; exit 1; }
+
+EPOCHS=$(python3 benchmarks/device/fit_epochs.py $((LIMIT - $(elapsed) - 45)) \
+    --teacher-history $TEACHER/history.json --margin 0.85 --most 183) || exit 1
+[ "$EPOCHS" -ge 43 ] || { stamp "only $EPOCHS epochs would fit: no student"; pack; exit 1; }
+stamp "best, $EPOCHS epochs, taught by the teacher, alone on the GPU until the deadline"
+$TRAIN --recipe best --epochs $EPOCHS --teacher $TEACHER/final_model.pt $GRAPH \
+    --out $RUNS/best_distilled > $RUNS/best_distilled.log 2>&1 &
+watch_runs $RUNS/best_distilled.log
+tail -n 3 $RUNS/best_distilled.log
+pack
+stamp "done"
