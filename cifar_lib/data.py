@@ -223,7 +223,12 @@ def _decode(path: Path) -> np.ndarray:
 
 
 def _cache_path(root: Path, listing: dict[str, list[tuple[Path, int]]]) -> Path:
-    digest = hashlib.sha1(str(root.resolve()).encode())
+    """``imagefolder-<folder>-<content>.npz``: a digest of the folder's path, then
+    one of its files' names, labels, sizes and modification times, so that a
+    changed file makes a new cache (and ``_write_cache`` removes the folder's old
+    one)."""
+    folder = hashlib.sha1(str(root.resolve()).encode())
+    digest = folder.copy()
     for split, files in listing.items():
         for path, label in files:
             stat = path.stat()
@@ -232,7 +237,10 @@ def _cache_path(root: Path, listing: dict[str, list[tuple[Path, int]]]) -> Path:
     cache_dir = Path(
         os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "cifar_lib"
     )
-    return cache_dir / f"imagefolder-{digest.hexdigest()[:16]}.npz"
+    return (
+        cache_dir
+        / f"imagefolder-{folder.hexdigest()[:8]}-{digest.hexdigest()[:16]}.npz"
+    )
 
 
 def _load_image_folder(root: Path) -> CIFAR10Arrays:
@@ -262,7 +270,9 @@ def _load_image_folder(root: Path) -> CIFAR10Arrays:
 
 
 def _write_cache(cache: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Best effort: an unwritable cache folder only costs a decode next time."""
+    """Best effort: an unwritable cache folder only costs a decode next time.
+    The same folder's caches of earlier contents (185 MB each for CIFAR-10) are
+    removed: they would never be read again."""
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         temporary = cache.with_name(cache.name + f".{os.getpid()}.tmp")
@@ -271,6 +281,10 @@ def _write_cache(cache: Path, arrays: dict[str, np.ndarray]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, cache)
+        folder = cache.name.split("-")[1]
+        for old in cache.parent.glob(f"imagefolder-{folder}-*.npz"):
+            if old != cache:
+                old.unlink(missing_ok=True)
     except OSError:
         pass
 

@@ -993,7 +993,7 @@ def prepare_model(
                 f"recipe {recipe.name!r} whitens its first layer and needs the "
                 "training images for that."
             )
-        whitening_init(model, images)
+        whitening_init(model, images, device=device)
     if recipe.fuse_norm_relu and device.type == "cpu":
         fuse_batchnorm_relu(model)  # first: the dropout it takes in is fused away
     if recipe.fast_dropout:

@@ -8,17 +8,28 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cifar_lib.data import CIFAR10_MEAN, CIFAR10_STD
 from cifar_lib.errors import ConfigError
 
 
-def patch_covariance(images: np.ndarray, size: int, chunk: int = 250) -> torch.Tensor:
+def patch_covariance(
+    images: np.ndarray, size: int, chunk: int = 250, device: torch.device | None = None
+) -> torch.Tensor:
     """Covariance of the ``size`` x ``size`` x 3 patches of normalised ``images``
     (uint8, (N, H, W, 3)), in float64; patch elements ordered as a convolution's
     weights are: channel, then row, then column. Sums are taken ``chunk`` images
-    at a time, so memory stays small (5,000 images have 4.5 million patches)."""
+    at a time, so memory stays small (5,000 images have 4.5 million patches).
+
+    On the CPU (``device`` None or a CPU) with NumPy; on another ``device`` with
+    PyTorch there (``_patch_covariance_torch``, the same sums in another order;
+    on this project's CPU PyTorch took 2.4 s where NumPy took 0.7-1.5, while on
+    the H100 machine's CPU NumPy took 1.2 s of the fast recipe's preparation).
+    The result is on the CPU."""
+    if device is not None and torch.device(device).type != "cpu":
+        return _patch_covariance_torch(images, size, 4 * chunk, torch.device(device))
     mean, std = np.array(CIFAR10_MEAN), np.array(CIFAR10_STD)
     dimension = images.shape[-1] * size * size
     total = np.zeros((dimension, dimension))
@@ -36,8 +47,35 @@ def patch_covariance(images: np.ndarray, size: int, chunk: int = 250) -> torch.T
     return torch.from_numpy(total / count - np.outer(average, average))
 
 
+def _patch_covariance_torch(
+    images: np.ndarray, size: int, chunk: int, device: torch.device
+) -> torch.Tensor:
+    """``patch_covariance`` computed with PyTorch on ``device``."""
+    options = dict(dtype=torch.float64, device=device)
+    mean = torch.tensor(CIFAR10_MEAN, **options)
+    std = torch.tensor(CIFAR10_STD, **options)
+    dimension = images.shape[-1] * size * size
+    total = torch.zeros(dimension, dimension, **options)
+    sums = torch.zeros(dimension, **options)
+    count = 0
+    for start in range(0, len(images), chunk):
+        x = torch.as_tensor(images[start : start + chunk], device=device)
+        x = ((x.double() / 255.0 - mean) / std).permute(0, 3, 1, 2)  # (n, C, H, W)
+        # (n, C * size * size, windows): the weight order, as above
+        patches = F.unfold(x, size).transpose(1, 2).reshape(-1, dimension)
+        total += patches.T @ patches
+        sums += patches.sum(0)
+        count += len(patches)
+    average = sums / count
+    return (total / count - torch.outer(average, average)).cpu()
+
+
 def whitening_init(
-    model: nn.Module, images: np.ndarray, samples: int = 5_000, eps: float = 5e-4
+    model: nn.Module,
+    images: np.ndarray,
+    samples: int = 5_000,
+    eps: float = 5e-4,
+    device: torch.device | None = None,
 ) -> nn.Conv2d:
     """Start the first convolution of ``model`` as a whitening filter bank.
 
@@ -52,7 +90,8 @@ def whitening_init(
     a layer; here it keeps learning, so the parameter count is unchanged).
 
     ``images``: uint8 (N, H, W, 3); ``samples`` of them, drawn at random (the same
-    ones each time), are used. Returns the convolution.
+    ones each time), are used; ``device``: where the patch covariance is computed
+    (``patch_covariance``). Returns the convolution.
     """
     conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     out_channels, in_channels, height, width = conv.weight.shape
@@ -72,7 +111,7 @@ def whitening_init(
     if len(images) > samples:  # not the first ones: a folder lists class by class
         chosen = np.random.default_rng(0).permutation(len(images))[:samples]
         images = images[np.sort(chosen)]
-    covariance = patch_covariance(images, height)
+    covariance = patch_covariance(images, height, device=device)
     variances, vectors = torch.linalg.eigh(covariance)  # ascending variance
     top = slice(directions - out_channels // 2, None)
     filters = (vectors[:, top] / (variances[top] + eps).sqrt()).T

@@ -226,6 +226,24 @@ def test_validation_split_is_drawn_from_every_class(image_folder):
     assert len(np.unique(validation.dataset.labels.numpy())) >= 8
 
 
+def test_a_changed_folder_replaces_its_cache_and_leaves_others(
+    writable_folder, image_folder
+):
+    caches = Path(os.environ["CIFAR_LIB_CACHE_DIR"])
+    load_cifar10(image_folder)
+    load_cifar10(writable_folder)
+    before = set(caches.glob("imagefolder-*.npz"))
+    assert len(before) >= 2
+    changed = next(Path(writable_folder, "train", "cat").iterdir())
+    os.utime(changed, ns=(1, 1))  # as a new copy of the data would
+    data._MEMORY_CACHE.clear()
+    assert len(load_cifar10(writable_folder).train_images) == 300
+    after = set(caches.glob("imagefolder-*.npz"))
+    assert len(after) == len(before)  # one replaced, none added
+    assert len(after - before) == 1
+    assert all(path.exists() for path in after)
+
+
 def test_a_broken_cache_is_rebuilt(image_folder):
     load_cifar10(image_folder)
     cache = next(Path(os.environ["CIFAR_LIB_CACHE_DIR"]).glob("imagefolder-*.npz"))

@@ -47,3 +47,27 @@ def test_first_layers_that_cannot_be_whitened_are_refused(images):
     grouped = nn.Sequential(nn.Conv2d(3, 3, 3, groups=3))
     with pytest.raises(ConfigError, match="groups=3"):
         whitening_init(grouped, images)
+
+
+def test_the_torch_covariance_equals_the_numpy_one(images):
+    """On a GPU the covariance is computed with PyTorch there; run that code on the
+    CPU here (chunks of 7 images, so that the sums run over several) and compare."""
+    from cifar_lib.whitening import _patch_covariance_torch
+
+    expected = patch_covariance(images, 3)
+    computed = _patch_covariance_torch(images, 3, 7, torch.device("cpu"))
+    assert computed.dtype == torch.float64 and computed.device.type == "cpu"
+    assert torch.allclose(computed, expected, rtol=1e-10, atol=1e-12)
+    five = _patch_covariance_torch(images, 5, 1000, torch.device("cpu"))
+    assert torch.allclose(five, patch_covariance(images, 5), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_covariance_on_the_gpu_is_the_cpu_one(images):
+    """(The filters are then computed on the CPU from it, the same code either way;
+    an eigenvector's sign may flip for a change in the last bits, so they are not
+    compared.)"""
+    on_gpu = patch_covariance(images, 3, device=torch.device("cuda"))
+    assert on_gpu.device.type == "cpu"
+    assert torch.allclose(on_gpu, patch_covariance(images, 3), rtol=1e-10, atol=1e-12)
+    whitening_init(CIFAR10ResNet(), images, device=torch.device("cuda"))
