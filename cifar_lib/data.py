@@ -272,7 +272,8 @@ def _load_image_folder(root: Path) -> CIFAR10Arrays:
 def _write_cache(cache: Path, arrays: dict[str, np.ndarray]) -> None:
     """Best effort: an unwritable cache folder only costs a decode next time.
     The same folder's caches of earlier contents (185 MB each for CIFAR-10) are
-    removed: they would never be read again."""
+    removed, and caches named as before the folder's digest was in the name
+    (``imagefolder-<content>.npz``): they would never be read again."""
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         temporary = cache.with_name(cache.name + f".{os.getpid()}.tmp")
@@ -282,8 +283,9 @@ def _write_cache(cache: Path, arrays: dict[str, np.ndarray]) -> None:
             os.fsync(handle.fileno())
         os.replace(temporary, cache)
         folder = cache.name.split("-")[1]
-        for old in cache.parent.glob(f"imagefolder-{folder}-*.npz"):
-            if old != cache:
+        for old in cache.parent.glob("imagefolder-*.npz"):
+            parts = old.stem.split("-")
+            if old != cache and (len(parts) == 2 or parts[1] == folder):
                 old.unlink(missing_ok=True)
     except OSError:
         pass

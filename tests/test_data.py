@@ -233,6 +233,8 @@ def test_a_changed_folder_replaces_its_cache_and_leaves_others(
     load_cifar10(image_folder)
     load_cifar10(writable_folder)
     before = set(caches.glob("imagefolder-*.npz"))
+    unreadable = caches / "imagefolder-0123456789abcdef.npz"  # as named before
+    unreadable.write_bytes(b"old")
     assert len(before) >= 2
     changed = next(Path(writable_folder, "train", "cat").iterdir())
     os.utime(changed, ns=(1, 1))  # as a new copy of the data would
@@ -242,6 +244,7 @@ def test_a_changed_folder_replaces_its_cache_and_leaves_others(
     assert len(after) == len(before)  # one replaced, none added
     assert len(after - before) == 1
     assert all(path.exists() for path in after)
+    assert not unreadable.exists()
 
 
 def test_a_broken_cache_is_rebuilt(image_folder):
