@@ -72,11 +72,16 @@ fast_run() {
 }
 
 # watch_runs LOG...: while the runs started in the background go on and the
-# deadline is 25 s away or more, every 20 s pack and print each LOG's last line;
-# at the deadline stop what still runs (a run's checkpoint.pt can be resumed).
+# deadline is 25 s away or more, every 20 s pack and print each LOG's last line
+# (looking every second whether they have ended, so that the next step starts at
+# once); at the deadline stop what still runs (a run's checkpoint.pt can be
+# resumed).
 watch_runs() {
+    local shown=$(elapsed)
     while [ -n "$(jobs -r)" ] && [ "$(elapsed)" -lt $((LIMIT - 25)) ]; do
-        sleep 20
+        sleep 1
+        [ $(($(elapsed) - shown)) -ge 20 ] || continue
+        shown=$(elapsed)
         pack
         stamp "$(tail -qn1 "$@" | cut -c1-160)"
     done
