@@ -205,6 +205,34 @@ def accuracy_comparison(
     return figure
 
 
+def soft_targets(
+    image: np.ndarray,
+    probabilities: dict[str, np.ndarray],
+    classes=CIFAR10_CLASSES,
+) -> Figure:
+    """One image (uint8 HWC) beside a network's probabilities for each class,
+    one group of bars per entry of ``probabilities`` (a temperature, say), on a
+    logarithmic axis so that the small probabilities show."""
+    figure = Figure(figsize=(11, 3), layout="constrained")
+    picture, bars = figure.subplots(1, 2, width_ratios=[1, 4])
+    picture.imshow(image, interpolation="nearest")
+    picture.axis("off")
+    width = 0.8 / len(probabilities)
+    positions = np.arange(len(classes))
+    for index, (label, values) in enumerate(probabilities.items()):
+        bars.bar(
+            positions + (index - (len(probabilities) - 1) / 2) * width,
+            values,
+            width,
+            label=label,
+        )
+    bars.set_xticks(positions, classes, rotation=30)
+    bars.set_yscale("log")
+    bars.set(ylabel="probability (logarithmic)")
+    bars.legend()
+    return figure
+
+
 def runs_by_change(
     runs: dict[str, list[float]], target: float | None = None, width: int = 45
 ) -> Figure:

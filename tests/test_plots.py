@@ -36,3 +36,21 @@ def test_accuracy_comparison_puts_minutes_on_a_log_axis_when_asked(log_time):
     assert by_time.get_xscale() == ("log" if log_time else "linear")
     assert list(by_time.lines[0].get_xdata()) == [1.0, 2.0]  # minutes, cumulative
     assert ("logarithmic" in by_time.get_xlabel()) is log_time
+
+
+def test_soft_targets_draws_one_bar_per_class_and_label():
+    import numpy as np
+
+    from cifar_lib.plots import soft_targets
+
+    image = np.zeros((32, 32, 3), dtype=np.uint8)
+    sharp = np.full(10, 0.001)
+    sharp[3] = 1 - 0.009
+    flat = np.full(10, 0.1)
+    figure = soft_targets(image, {"T = 1": sharp, "T = 4": flat})
+    picture, bars = figure.axes
+    heights = [patch.get_height() for patch in bars.patches]
+    assert heights == pytest.approx([*sharp, *flat])
+    assert bars.get_yscale() == "log"
+    assert [t.get_text() for t in bars.get_legend().get_texts()] == ["T = 1", "T = 4"]
+    assert len(bars.get_xticklabels()) == 10
