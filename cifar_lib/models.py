@@ -102,7 +102,30 @@ def _conv_bn(channels: int, dilation: int = 1) -> nn.Sequential:
     )
 
 
-class CIFAR10ResNet(nn.Module):
+class ThreeStages(nn.Module):
+    """The shape of the residual models here: a stem, a stage at 32x32, a stride-2
+    step down to 16x16, a stage there, a step down to 8x8, a stage there, global
+    average pooling and one fully connected layer."""
+
+    def assemble(self, parts: list[nn.Module], width: int, classes: int) -> None:
+        """Register ``parts``, (stem, stage1, down1, stage2, down2, stage3), built in
+        the order the data meets them (so that a seed gives the same initial
+        weights however the model is written), then GAP and the fully connected
+        layer from ``width`` channels to ``classes``."""
+        names = ("stem", "stage1", "down1", "stage2", "down2", "stage3")
+        for name, part in zip(names, parts, strict=True):
+            self.add_module(name, part)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stage1(self.stem(x))
+        x = self.stage2(self.down1(x))
+        x = self.stage3(self.down2(x))
+        return self.fc(self.gap(x).flatten(1))
+
+
+class CIFAR10ResNet(ThreeStages):
     """A small residual network within the assignment's rules (194,666
     parameters): wider early layers than CIFAR10Netv2, residual blocks, a dilated
     3x3 at 16x16, depthwise-separable convolutions at 8x8, stride-2 convolutions
@@ -149,12 +172,6 @@ class CIFAR10ResNet(nn.Module):
         )
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(w3, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.stage1(self.stem(x))
-        x = self.stage2(self.down1(x))
-        x = self.stage3(self.down2(x))
-        return self.fc(self.gap(x).flatten(1))
 
 
 class CIFAR10ResNetDeep(CIFAR10ResNet):
@@ -234,7 +251,7 @@ class CIFAR10ResNetSiLU(CIFAR10ResNet):
         replace_relu(self, nn.SiLU)
 
 
-class CIFAR10DepthwiseResNet(nn.Module):
+class CIFAR10DepthwiseResNet(ThreeStages):
     """A deeper residual network built of depthwise-separable blocks (194,626
     parameters): 48, 96 and 184 channels at 32x32, 16x16 and 8x8, three residual
     blocks per stage, each one depthwise-separable convolution with 5x5 depthwise
@@ -276,24 +293,14 @@ class CIFAR10DepthwiseResNet(nn.Module):
                 *[ResidualBlock(separable(width, width, dilation=d)) for d in dilations]
             )
 
-        self.stem = ConvBNReLU(3, w1, dropout=d)
-        self.stage1 = stage(w1)
-        self.down1 = separable(w1, w2, stride=2)  # 32x32 -> 16x16
-        self.stage2 = stage(w2, dilate_last=True)
-        self.down2 = separable(w2, w3, stride=2)  # 16x16 -> 8x8
-        self.stage3 = stage(w3)
-        self.gap = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(w3, num_classes)
+        parts = [ConvBNReLU(3, w1, dropout=d), stage(w1)]
+        parts += [separable(w1, w2, stride=2), stage(w2, dilate_last=True)]
+        parts += [separable(w2, w3, stride=2), stage(w3)]
+        self.assemble(parts, w3, num_classes)
         replace_relu(self, nn.GELU)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.stage1(self.stem(x))
-        x = self.stage2(self.down1(x))
-        x = self.stage3(self.down2(x))
-        return self.fc(self.gap(x).flatten(1))
 
-
-class CIFAR10TeacherResNet(nn.Module):
+class CIFAR10TeacherResNet(ThreeStages):
     """A teacher for distillation (``cifar_lib.distill``), *outside* the
     assignment's rules: 3,390,458 parameters, 17 times the budget, and no
     depthwise-separable or dilated convolution. Plain 3x3 residual blocks (two per
@@ -328,21 +335,11 @@ class CIFAR10TeacherResNet(nn.Module):
                 ]
             )
 
-        self.stem = ConvBNReLU(3, w1, dropout=d)
-        self.stage1 = stage(w1)
-        self.down1 = ConvBNReLU(w1, w2, stride=2, dropout=d)  # 32x32 -> 16x16
-        self.stage2 = stage(w2)
-        self.down2 = ConvBNReLU(w2, w3, stride=2, dropout=d)  # 16x16 -> 8x8
-        self.stage3 = stage(w3)
-        self.gap = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(w3, num_classes)
+        parts = [ConvBNReLU(3, w1, dropout=d), stage(w1)]
+        parts += [ConvBNReLU(w1, w2, stride=2, dropout=d), stage(w2)]
+        parts += [ConvBNReLU(w2, w3, stride=2, dropout=d), stage(w3)]
+        self.assemble(parts, w3, num_classes)
         replace_relu(self, nn.GELU)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.stage1(self.stem(x))
-        x = self.stage2(self.down1(x))
-        x = self.stage3(self.down2(x))
-        return self.fc(self.gap(x).flatten(1))
 
 
 MODELS = {

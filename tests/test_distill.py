@@ -25,6 +25,17 @@ def quick(**overrides):
     return get_recipe("seed", **values)
 
 
+def fit(recipe, out, arrays):
+    """Train quietly, without progress bars."""
+    return train(recipe, out=out, arrays=arrays, progress=False, log=quiet)
+
+
+def one_epoch_teacher(tmp_path, arrays):
+    """A teacher's weights file: one epoch of the seed recipe."""
+    fit(quick(epochs=1), tmp_path / "teacher", arrays)
+    return tmp_path / "teacher" / "final_model.pt"
+
+
 def by_hand(logits, labels, teacher, weight, temperature, smoothing=0.0):
     """The loss written out: cross-entropy with (smoothed) labels, and the
     teacher's term as sum p_t * (log p_t - log p_s) over classes."""
@@ -115,29 +126,18 @@ def test_shipped_weights_teach_frozen_and_in_evaluation_mode():
 def test_an_unknown_teacher_is_one_sentence_and_writes_nothing(tmp_path, synthetic):
     recipe = quick(teacher=str(tmp_path / "missing.pt"))
     with pytest.raises(ConfigError, match="is neither a recipe with shipped weights"):
-        train(recipe, out=tmp_path / "run", arrays=synthetic, progress=False, log=quiet)
+        fit(recipe, tmp_path / "run", synthetic)
     assert not (tmp_path / "run").exists()
 
 
 def test_training_with_a_teacher_changes_the_student_not_the_teacher(
     tmp_path, synthetic
 ):
-    train(
-        quick(epochs=1),
-        out=tmp_path / "teacher",
-        arrays=synthetic,
-        progress=False,
-        log=quiet,
-    )
-    source = tmp_path / "teacher" / "final_model.pt"
+    source = one_epoch_teacher(tmp_path, synthetic)
     before = checkpoints.load(source)["model"]
     recipe = quick(teacher=str(source), distill_weight=0.5, distill_temperature=2.0)
-    taught = train(
-        recipe, out=tmp_path / "taught", arrays=synthetic, progress=False, log=quiet
-    )
-    alone = train(
-        quick(), out=tmp_path / "alone", arrays=synthetic, progress=False, log=quiet
-    )
+    taught = fit(recipe, tmp_path / "taught", synthetic)
+    alone = fit(quick(), tmp_path / "alone", synthetic)
     after = checkpoints.load(source)["model"]
     assert all(torch.equal(before[k], after[k]) for k in before)
     a = checkpoints.load(tmp_path / "taught" / "final_model.pt")["model"]
@@ -176,17 +176,8 @@ def test_one_step_with_a_teacher_adds_the_distillation_loss(synthetic):
 
 
 def test_a_distilled_run_resumes_with_its_teacher(tmp_path, synthetic, monkeypatch):
-    train(
-        quick(epochs=1),
-        out=tmp_path / "teacher",
-        arrays=synthetic,
-        progress=False,
-        log=quiet,
-    )
-    recipe = quick(epochs=2, teacher=str(tmp_path / "teacher" / "best_model.pt"))
-    whole = train(
-        recipe, out=tmp_path / "whole", arrays=synthetic, progress=False, log=quiet
-    )
+    recipe = quick(epochs=2, teacher=str(one_epoch_teacher(tmp_path, synthetic)))
+    whole = fit(recipe, tmp_path / "whole", synthetic)
     real_epoch = training.train_one_epoch
 
     def interrupted(*args, epoch, **kwargs):
@@ -196,7 +187,7 @@ def test_a_distilled_run_resumes_with_its_teacher(tmp_path, synthetic, monkeypat
 
     monkeypatch.setattr(training, "train_one_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train(recipe, out=tmp_path / "cut", arrays=synthetic, progress=False, log=quiet)
+        fit(recipe, tmp_path / "cut", synthetic)
     monkeypatch.setattr(training, "train_one_epoch", real_epoch)
     resumed = resume(tmp_path / "cut", arrays=synthetic, progress=False, log=quiet)
     strip = lambda h: [{k: v for k, v in r.items() if "seconds" not in k} for r in h]  # noqa: E731

@@ -7,6 +7,7 @@
 #                            cut off still comes back
 #   DATA, RUNS, TRAIN        where the images and runs go; the training command
 #   unpack_data              the images into DATA and decoded (once per machine)
+#   unpack_data_and_test_graphs   the same beside the CUDA tests; sets GRAPH
 #   fast_run NAME SEED RESERVE [FLAGS]   one timed run of the fast recipe
 #   fast_runs NAME RESERVE [FLAGS]   fast_run for seeds 0-3 while time is left
 #   watch_runs LOG...        follow background runs until they end or the deadline
@@ -53,6 +54,22 @@ unpack_data() {
     python3 benchmarks/device/pack_images.py unpack .devcarry/cifar10-jpeg75.pack \
         $DATA && python3 -c "from cifar_lib.data import load_cifar10
 load_cifar10('$DATA')" && touch "$RUNS/decoded" && echo decoded
+}
+
+# unpack_data_and_test_graphs: unpack_data in the background while the CUDA tests
+# of the captured step run; GRAPH becomes --no-cuda-graph if they fail (for the
+# runs' command lines). Returns 1 if the data could not be unpacked.
+unpack_data_and_test_graphs() {
+    stamp "unpack and decode the data, meanwhile the CUDA tests"
+    unpack_data > "$RUNS/decode.log" 2>&1 &
+    local decode=$!
+    GRAPH=""
+    if ! python3 -m pytest -q -o addopts="-p no:cacheprovider" tests/test_graphs.py; then
+        GRAPH="--no-cuda-graph"
+        stamp "the captured step failed its tests: the runs below launch every kernel"
+    fi
+    wait $decode || { cat "$RUNS/decode.log"; return 1; }
+    cat "$RUNS/decode.log"
 }
 
 # fast_run NAME SEED RESERVE [FLAGS]: the fast recipe alone on the GPU into

@@ -31,16 +31,7 @@ python3 -c "import torch, torchvision, albumentations; \
 print('torch', torch.__version__, 'torchvision', torchvision.__version__, \
 'albumentations', albumentations.__version__, torch.cuda.get_device_name())" || exit 1
 
-stamp "unpack and decode the data, meanwhile the CUDA tests"
-unpack_data > "$RUNS/decode.log" 2>&1 &
-DECODE=$!
-GRAPH=""
-if ! python3 -m pytest -q -o addopts="-p no:cacheprovider" tests/test_graphs.py; then
-    GRAPH="--no-cuda-graph"
-    stamp "the captured step failed its tests: the runs below launch every kernel"
-fi
-wait $DECODE || { cat "$RUNS/decode.log"; exit 1; }
-cat "$RUNS/decode.log"
+unpack_data_and_test_graphs || exit 1
 
 if [ -n "${EPOCHS:-}" ]; then
     AMP="--amp"

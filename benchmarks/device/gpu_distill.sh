@@ -18,16 +18,7 @@ LIMIT=${1:-580}
 TEACHER_EPOCHS=${2:-40}
 source "$(dirname "$0")/common.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-stamp "unpack and decode the data, meanwhile the CUDA tests"
-unpack_data > "$RUNS/decode.log" 2>&1 &
-DECODE=$!
-GRAPH=""
-if ! python3 -m pytest -q -o addopts="-p no:cacheprovider" tests/test_graphs.py; then
-    GRAPH="--no-cuda-graph"
-    stamp "the captured step failed its tests: the runs below launch every kernel"
-fi
-wait $DECODE || { cat "$RUNS/decode.log"; exit 1; }
-cat "$RUNS/decode.log"
+unpack_data_and_test_graphs || exit 1
 
 TEACHER=/tmp/teacher  # outside $RUNS: its weights are not packed
 stamp "teacher: CIFAR10TeacherResNet, $TEACHER_EPOCHS epochs, no label smoothing"
