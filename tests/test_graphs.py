@@ -12,6 +12,7 @@ from torch import nn
 
 from cifar_lib import graphs
 from cifar_lib.augment import AugmentationConfig
+from cifar_lib.distill import DistillationLoss, freeze
 from cifar_lib.graphs import TrainStep, graph_unsupported, sgd_update
 from cifar_lib.models import CIFAR10ResNet
 from cifar_lib.speed import BatchAugment, TensorBatchLoader
@@ -198,13 +199,16 @@ def test_chunked_augmentation_draws_each_image_its_own_transform():
 # --- on a CUDA GPU only ---------------------------------------------------------------
 
 
-def _step_by_step_against_eager(device: torch.device, capture: bool) -> TrainStep:
+def _step_by_step_against_eager(
+    device: torch.device, capture: bool, taught: bool = False
+) -> TrainStep:
     """Train with ``TrainStep(capture=capture)``; before every step copy the whole
     state (weights, BatchNorm statistics, momentum buffers, learning rate and
     momentum, weight average) into an eager twin, make the same step with both
     and compare. Comparing step by step keeps the test exact: over several steps
     these trainings are chaotic (a change of one part in a million in one weight
-    grows to 0.05 in the stem's weights within 16 steps of the fast recipe)."""
+    grows to 0.05 in the stem's weights within 16 steps of the fast recipe).
+    ``taught``: both steps distil from the same frozen teacher."""
     torch.manual_seed(1)
     recipe = get_recipe("fast", epochs=1, decay_norms_and_biases=False)
     sizes = [32] * 6 + [7] + [32] * 3  # a smaller batch in between runs eagerly
@@ -218,7 +222,14 @@ def _step_by_step_against_eager(device: torch.device, capture: bool) -> TrainSte
     scheduler, _ = make_scheduler(optimizer, recipe, len(batches))
     ema = ExponentialMovingAverage(model, recipe.ema)
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    step = TrainStep(model, optimizer, criterion, device, ema, capture=capture)
+    teacher = None
+    if taught:
+        criterion = DistillationLoss(0.9, 4.0, recipe.label_smoothing)
+        teacher = CIFAR10ResNet().to(device).to(memory_format=torch.channels_last)
+        teacher = freeze(teacher)
+    step = TrainStep(
+        model, optimizer, criterion, device, ema, capture=capture, teacher=teacher
+    )
     for number, (images, labels) in enumerate(batches):
         twin = copy.deepcopy(model)
         twin_optimizer = make_optimizer(twin, recipe)
@@ -226,7 +237,9 @@ def _step_by_step_against_eager(device: torch.device, capture: bool) -> TrainSte
         twin_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
         twin_ema = copy.deepcopy(ema)
         twin_ema.module = copy.deepcopy(ema.module)
-        twin_step = TrainStep(twin, twin_optimizer, criterion, device, twin_ema)
+        twin_step = TrainStep(
+            twin, twin_optimizer, criterion, device, twin_ema, teacher=teacher
+        )
         before = step.loss_sum.clone()
         step(images, labels)
         twin_step(images, labels)
@@ -253,17 +266,20 @@ def _step_by_step_against_eager(device: torch.device, capture: bool) -> TrainSte
     return step
 
 
-def test_step_by_step_harness_on_the_cpu():
+@pytest.mark.parametrize("taught", [False, True])
+def test_step_by_step_harness_on_the_cpu(taught):
     """The CUDA test's harness, both steps eager: it must pass exactly."""
-    step = _step_by_step_against_eager(torch.device("cpu"), capture=False)
+    step = _step_by_step_against_eager(torch.device("cpu"), False, taught)
     assert step.eager_steps == 10 and step.replays == 0
 
 
 @cuda
-def test_captured_step_makes_the_eager_step():
+@pytest.mark.parametrize("taught", [False, True])
+def test_captured_step_makes_the_eager_step(taught):
+    """With a teacher too: its forward pass is part of the captured step."""
     # the same convolution algorithms in both
     with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True):
-        step = _step_by_step_against_eager(torch.device("cuda"), capture=True)
+        step = _step_by_step_against_eager(torch.device("cuda"), True, taught)
     assert step.graph is not None
     assert step.eager_steps == graphs.WARM_UP_STEPS + 1  # the warm-up, the 7 images
     assert step.replays == 10 - graphs.WARM_UP_STEPS - 1
