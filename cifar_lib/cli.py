@@ -241,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(RECIPES),
         help="whose model to describe (default: seed)",
     )
+    summary.add_argument(
+        "--model", choices=sorted(MODELS), help="describe this model instead"
+    )
     bench = commands.add_parser(
         "bench",
         help="measure training images per second, beside the reference implementation",
@@ -398,7 +401,7 @@ def _summary(args: argparse.Namespace) -> None:
     from cifar_lib.train import get_recipe
 
     recipe = get_recipe(args.recipe)
-    model = build_model(recipe.model, dropout=recipe.dropout)
+    model = build_model(args.model or recipe.model, dropout=recipe.dropout)
     print(
         summary(
             model,

@@ -312,6 +312,8 @@ class CIFAR10TeacherResNet(ThreeStages):
     ones of the ``best`` model do not. The stem has 48 filters so that a recipe can
     whiten it (at most 54 for 3x3 over three channels)."""
 
+    within_rules = False  # train says so; a test checks it against the checker
+
     def __init__(
         self,
         num_classes: int = 10,
@@ -358,3 +360,10 @@ MODELS = {
 def build_model(name: str = "CIFAR10Netv2", **kwargs) -> nn.Module:
     """A model by its name in ``MODELS``."""
     return MODELS[name](**kwargs)
+
+
+def within_rules(name: str) -> bool:
+    """Whether the model ``name`` meets the assignment's rules, as
+    ``constraints.check_constraints`` finds (every model here does but the
+    teacher; a test checks each one), without building and tracing it."""
+    return getattr(MODELS[name], "within_rules", True)

@@ -48,7 +48,7 @@ from cifar_lib.distill import DistillationLoss, freeze
 from cifar_lib.errors import ConfigError, RunFolderError, TrainingDivergedError
 from cifar_lib.files import atomic_save_figure, atomic_write_json
 from cifar_lib.graphs import TrainStep, graph_unsupported
-from cifar_lib.models import MODELS, build_model
+from cifar_lib.models import MODELS, build_model, within_rules
 from cifar_lib.results import provenance
 from cifar_lib.speed import (
     BatchAugment,
@@ -799,6 +799,12 @@ def _fit(
         if (run_dir / "history.json").exists():
             log(f"{run_dir} has no finished epoch saved; starting from the beginning.")
         log(recipe.describe())
+        if not within_rules(recipe.model):
+            log(
+                f"Note: {recipe.model} is outside the assignment's rules (`python -m "
+                f"cifar_lib summary --model {recipe.model}` says which); it is not a "
+                "solution of it."
+            )
         log(
             f"Data: {arrays.source} ({arrays.location}), {_count(train_loader):,} "
             f"training and {_count(test_loader):,} test images; device: {device}."

@@ -87,6 +87,9 @@ def test_summary_reports_count_constraints_and_receptive_field(capsys):
     assert "Trainable params: 181,942" in text
     assert "every constraint met" in text
     assert "81 pixels (analytic); measured from input gradients: 81." in text
+    assert main(["summary", "--model", "CIFAR10TeacherResNet"]) == 0
+    text = capsys.readouterr().out
+    assert "Trainable params: 3,390,458" in text and "constraints NOT met" in text
 
 
 def test_help_explains_every_option():

@@ -208,3 +208,27 @@ def test_command_line_distillation_options(tmp_path, capsys, image_folder):
     assert "0.0 is out of range" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path), "--teacher", "best"]) == 2
     assert "--teacher cannot change a run being resumed" in capsys.readouterr().err
+
+
+def test_a_model_outside_the_rules_is_noted_when_it_trains(tmp_path, synthetic):
+    messages = []
+    recipe = quick(epochs=1, model="CIFAR10TeacherResNet", dropout=0.0)
+    train(
+        recipe,
+        out=tmp_path / "t",
+        arrays=synthetic,
+        progress=False,
+        log=messages.append,
+    )
+    assert any(
+        "CIFAR10TeacherResNet is outside the assignment's rules" in m for m in messages
+    )
+    messages.clear()
+    train(
+        quick(epochs=1),
+        out=tmp_path / "u",
+        arrays=synthetic,
+        progress=False,
+        log=messages.append,
+    )
+    assert not any("outside the assignment's rules" in m for m in messages)

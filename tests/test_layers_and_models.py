@@ -9,7 +9,13 @@ from cifar_lib.layers import (
     DilatedConv2d,
     TransitionBlock,
 )
-from cifar_lib.models import CIFAR10Netv2, build_model, count_parameters
+from cifar_lib.models import (
+    MODELS,
+    CIFAR10Netv2,
+    build_model,
+    count_parameters,
+    within_rules,
+)
 
 
 def bn_params(channels):
@@ -213,3 +219,10 @@ def test_the_teacher_is_outside_the_rules_and_says_so():
     assert not report["dilated convolution"].passed
     images = torch.randint(0, 256, (20, 32, 32, 3), dtype=torch.uint8).numpy()
     whitening_init(model, images)  # its 48-filter stem can be whitened
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_within_rules_agrees_with_the_checker(name):
+    """train notes a model outside the rules from a flag on its class, without
+    tracing it; the flag must say what the checker finds."""
+    assert within_rules(name) == check_constraints(build_model(name)).passed
