@@ -92,7 +92,7 @@ def run_from_log(text: str) -> tuple[dict, list[dict]]:
     start = next(i for i, line in enumerate(lines) if line.startswith("Recipe '"))
     values = {}
     for line in lines[start + 1 :]:
-        key, sep, value = line.strip().partition(" = ")
+        key, sep, value = line.strip().partition(" =")  # the value may be empty
         if not line.startswith("  ") or not sep:
             break
         values[key.strip()] = value.strip()

@@ -180,27 +180,37 @@ def footprint_outline(image: np.ndarray, footprint: np.ndarray, title: str) -> F
 
 
 def accuracy_comparison(
-    histories: dict[str, list[dict]], target: float = 0.85, log_time: bool = False
+    histories: dict[str, list[dict]],
+    target: float = 0.85,
+    log_time: bool = False,
+    by_time: bool = True,
 ) -> Figure:
     """Test accuracy of several runs against epochs (left) and against training
     time (right), with the target line; ``log_time`` puts the time on a
-    logarithmic axis (runs of minutes beside runs of hours)."""
-    figure = Figure(figsize=(12, 4), layout="constrained")
-    by_epoch, by_time = figure.subplots(1, 2)
+    logarithmic axis (runs of minutes beside runs of hours). ``by_time=False``
+    leaves the time out, for runs whose times cannot be compared (run under
+    different loads, say)."""
+    figure = Figure(figsize=(12 if by_time else 6, 4), layout="constrained")
+    axes = figure.subplots(1, 2) if by_time else [figure.subplots()]
+    by_epoch = axes[0]
     for name, history in histories.items():
         accuracy = [100 * row["test_accuracy"] for row in history]
-        elapsed = np.cumsum([row["seconds"] for row in history]) / 60
         by_epoch.plot([row["epoch"] for row in history], accuracy, "o-", label=name)
-        by_time.plot(elapsed, accuracy, "o-", label=name)
-    for axis, label in ((by_epoch, "epoch"), (by_time, "minutes of training")):
+        if by_time:
+            elapsed = np.cumsum([row["seconds"] for row in history]) / 60
+            axes[1].plot(elapsed, accuracy, "o-", label=name)
+    for axis, label in zip(axes, ("epoch", "minutes of training"), strict=False):
         axis.axhline(100 * target, color="grey", ls="--", label=f"{target:.0%}")
         axis.set(xlabel=label, ylabel="test accuracy (%)")
         axis.legend()
+    by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
+    by_epoch.set_title("Test accuracy against epochs")
+    if not by_time:
+        return figure
+    by_time = axes[1]
     if log_time:
         by_time.set_xscale("log")
         by_time.set_xlabel("minutes of training (logarithmic)")
-    by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
-    by_epoch.set_title("Test accuracy against epochs")
     by_time.set_title("Test accuracy against training time")
     return figure
 

@@ -197,6 +197,9 @@ def test_a_run_is_recovered_from_what_train_printed(tmp_path, synthetic, load_sc
     recipe = dataclasses.replace(
         recipe, augmentation=AugmentationConfig(scale=0.1, hole_p=0.5), amp=True
     )
+    plain = dataclasses.replace(recipe)
+    # a distilled run's recipe too (the teacher an empty string in the others)
+    recipe = dataclasses.replace(recipe, teacher="best", distill_weight=0.5)
     printed = ["[0s] install the missing packages"]
     result = train(
         recipe, tmp_path, arrays=synthetic, progress=False, log=printed.append
@@ -204,6 +207,9 @@ def test_a_run_is_recovered_from_what_train_printed(tmp_path, synthetic, load_sc
     printed += ["[30s] done"]
     settings, history = load_script("ablation").run_from_log("\n".join(printed))
     assert settings == recipe.to_dict()
+    # without a teacher its line is 'teacher =' with nothing after it
+    assert "  teacher " in plain.describe()
+    assert load_script("ablation").run_from_log(plain.describe())[0] == plain.to_dict()
     assert len(history) == 2
     for parsed, row in zip(history, result.history, strict=True):
         assert parsed.keys() == row.keys() - {"train_seconds"}

@@ -54,3 +54,11 @@ def test_soft_targets_draws_one_bar_per_class_and_label():
     assert bars.get_yscale() == "log"
     assert [t.get_text() for t in bars.get_legend().get_texts()] == ["T = 1", "T = 4"]
     assert len(bars.get_xticklabels()) == 10
+
+
+def test_accuracy_comparison_can_leave_the_time_out():
+    from cifar_lib.plots import accuracy_comparison
+
+    history = [{"epoch": 1, "test_accuracy": 0.5, "seconds": 60.0}]
+    figure = accuracy_comparison({"a": history}, by_time=False)
+    assert len(figure.axes) == 1 and figure.axes[0].get_xlabel() == "epoch"
