@@ -610,6 +610,11 @@ def train(
     """
     started = time.perf_counter()
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe.validate()
+    if recipe.teacher not in RECIPES and Path(recipe.teacher).is_file():
+        # run.json keeps the whole path, so that --resume finds it from anywhere
+        recipe = dataclasses.replace(
+            recipe, teacher=str(Path(recipe.teacher).resolve())
+        )
     if subset is not None and subset < 1:
         raise ConfigError(f"subset = {subset} is out of range; it must be at least 1.")
     torch_device = select_device(device)

@@ -23,12 +23,12 @@ def patch_covariance(
     weights are: channel, then row, then column. Sums are taken ``chunk`` images
     at a time, so memory stays small (5,000 images have 4.5 million patches).
 
-    On the CPU (``device`` None or a CPU) with NumPy; on another ``device`` with
-    PyTorch there (``_patch_covariance_torch``, the same sums in another order;
-    on this project's CPU PyTorch took 2.4 s where NumPy took 0.7-1.5, while on
-    the H100 machine's CPU NumPy took 1.2 s of the fast recipe's preparation).
-    The result is on the CPU."""
-    if device is not None and torch.device(device).type != "cpu":
+    With NumPy on the CPU; with PyTorch on the GPU if ``device`` is a CUDA one
+    (``_patch_covariance_torch``, the same sums in another order; on this
+    project's CPU PyTorch took 2.4 s where NumPy took 0.7-1.5, while on the H100
+    machine's CPU NumPy took 1.2 s of the fast recipe's preparation). Apple's MPS
+    has no float64, so there too NumPy. The result is on the CPU."""
+    if device is not None and torch.device(device).type == "cuda":
         return _patch_covariance_torch(images, size, 4 * chunk, torch.device(device))
     mean, std = np.array(CIFAR10_MEAN), np.array(CIFAR10_STD)
     dimension = images.shape[-1] * size * size

@@ -123,6 +123,16 @@ def test_shipped_weights_teach_frozen_and_in_evaluation_mode():
     assert load_teacher(get_recipe("fast"), torch.device("cpu")) is None
 
 
+def test_a_teacher_file_is_kept_with_its_whole_path(tmp_path, synthetic, monkeypatch):
+    """A relative path in run.json would not be found by --resume from another
+    folder."""
+    source = one_epoch_teacher(tmp_path, synthetic)
+    monkeypatch.chdir(tmp_path)
+    fit(quick(epochs=1, teacher="teacher/final_model.pt"), tmp_path / "run", synthetic)
+    settings = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert settings["recipe"]["teacher"] == str(source.resolve())
+
+
 def test_an_unknown_teacher_is_one_sentence_and_writes_nothing(tmp_path, synthetic):
     recipe = quick(teacher=str(tmp_path / "missing.pt"))
     with pytest.raises(ConfigError, match="is neither a recipe with shipped weights"):
