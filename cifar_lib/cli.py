@@ -326,9 +326,8 @@ def _train(args: argparse.Namespace) -> None:
         raise ConfigError(f"--workers {args.workers} is out of range; use 0 or more.")
     if args.resume:
         fixed = ("recipe", "model", "epochs", "batch_size", "lr", "ema", "target")
-        fixed += ("label_smoothing",)
-        fixed += ("seed", "subset", "out", "workers", "augmentation", "teacher")
-        fixed += ("distill_weight", "distill_temperature")
+        fixed += ("seed", "subset", "out", "workers", "augmentation")
+        fixed += ("label_smoothing", "teacher", "distill_weight", "distill_temperature")
         changed = [
             f"--{name.replace('_', '-')}"
             for name in fixed
