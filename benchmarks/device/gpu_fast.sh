@@ -10,8 +10,8 @@
 #   bash benchmarks/device/gpu_fast.sh SECONDS [TRAIN FLAGS]
 # TRAIN FLAGS, if given, change the recipe for these runs (their folders are then
 # named fast_changed_seedN), e.g. the candidates of notebook 06: batch 128, which
-# reached 85% at epoch 8 with seeds 0 to 2 on the CPU (seed 3: 84.98%), and batch
-# 64, with each of seeds 0 to 3:
+# reached 85% at epoch 8 with five of seeds 0 to 5 on the CPU (seed 3: 84.98%), and
+# batch 64, with each of seeds 0 to 3:
 #   bash benchmarks/device/gpu_fast.sh 150 --batch-size 128 --lr 0.2 --ema 0.992
 #   bash benchmarks/device/gpu_fast.sh 150 --batch-size 64 --lr 0.1 --ema 0.996
 LIMIT=${1:-170}
