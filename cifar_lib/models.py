@@ -102,6 +102,15 @@ def _conv_bn(channels: int, dilation: int = 1) -> nn.Sequential:
     )
 
 
+def _basic_block(width: int, dropout: float, dilation: int = 1) -> ResidualBlock:
+    """A residual block of two 3x3 convolutions (the second one ``dilation``)."""
+    return ResidualBlock(
+        nn.Sequential(
+            ConvBNReLU(width, width, dropout=dropout), _conv_bn(width, dilation)
+        )
+    )
+
+
 class ThreeStages(nn.Module):
     """The shape of the residual models here: a stem, a stage at 32x32, a stride-2
     step down to 16x16, a stage there, a step down to 8x8, a stage there, global
@@ -145,16 +154,11 @@ class CIFAR10ResNet(ThreeStages):
         d = dropout
         w1, w2, w3 = widths
         self.stem = ConvBNReLU(3, w1, dropout=d)
-        blocks = [
-            ResidualBlock(nn.Sequential(ConvBNReLU(w1, w1, dropout=d), _conv_bn(w1)))
-            for _ in range(stage1_blocks)
-        ]
+        blocks = [_basic_block(w1, d) for _ in range(stage1_blocks)]
         # one block stays a bare module: the shipped weights' names
         self.stage1 = blocks[0] if stage1_blocks == 1 else nn.Sequential(*blocks)
         self.down1 = ConvBNReLU(w1, w2, stride=2, dropout=d)  # 32x32 -> 16x16
-        self.stage2 = ResidualBlock(
-            nn.Sequential(ConvBNReLU(w2, w2, dropout=d), _conv_bn(w2, dilation=2))
-        )
+        self.stage2 = _basic_block(w2, d, dilation=2)
         self.down2 = DepthwiseSeparableConv2d(w2, w3, stride=2, dropout=d)  # -> 8x8
 
         def last(dilation: int = 1) -> nn.Module:  # the last layer of a body at 8x8
@@ -326,16 +330,7 @@ class CIFAR10TeacherResNet(ThreeStages):
         w1, w2, w3 = widths
 
         def stage(width: int) -> nn.Sequential:
-            return nn.Sequential(
-                *[
-                    ResidualBlock(
-                        nn.Sequential(
-                            ConvBNReLU(width, width, dropout=d), _conv_bn(width)
-                        )
-                    )
-                    for _ in range(blocks)
-                ]
-            )
+            return nn.Sequential(*[_basic_block(width, d) for _ in range(blocks)])
 
         parts = [ConvBNReLU(3, w1, dropout=d), stage(w1)]
         parts += [ConvBNReLU(w1, w2, stride=2, dropout=d), stage(w2)]

@@ -205,13 +205,11 @@ def accuracy_comparison(
         axis.legend()
     by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
     by_epoch.set_title("Test accuracy against epochs")
-    if not by_time:
-        return figure
-    by_time = axes[1]
-    if log_time:
-        by_time.set_xscale("log")
-        by_time.set_xlabel("minutes of training (logarithmic)")
-    by_time.set_title("Test accuracy against training time")
+    if by_time:
+        axes[1].set_title("Test accuracy against training time")
+        if log_time:
+            axes[1].set_xscale("log")
+            axes[1].set_xlabel("minutes of training (logarithmic)")
     return figure
 
 

@@ -687,6 +687,7 @@ def resume(
             f"({type(error).__name__}: {error}); resume a folder written by train."
         ) from None
     torch_device = select_device(device)
+    teacher = load_teacher(recipe, torch_device)  # refused before the data loads
     if arrays is None:
         if source == "synthetic" and data_dir is None:
             raise RunFolderError(
@@ -703,6 +704,7 @@ def resume(
         progress,
         log,
         started,
+        teacher,
     )
 
 
@@ -744,14 +746,12 @@ def _fit(
     progress,
     log,
     started,
-    teacher=None,
+    teacher,
 ) -> RunResult:
     """Train ``recipe`` in ``run_dir`` from its last finished epoch (or the first).
     ``started``: ``time.perf_counter()`` when the caller began, before it loaded
     the data, so that the time to get ready to train is measured. ``teacher``:
-    the recipe's teacher if the caller has loaded it already."""
-    if teacher is None:
-        teacher = load_teacher(recipe, device)
+    ``load_teacher(recipe, device)``, loaded by the caller before the data."""
     train_loader, test_loader = make_loaders(
         recipe, arrays, subset, device, num_workers
     )

@@ -48,7 +48,13 @@ def epochs_that_fit(
     if not rates or min(rates) <= 0:
         raise ValueError("give at least one positive rate")
     together = sum(epoch_seconds(rate) for rate in rates)
-    return max(0, min(most, math.floor(margin * seconds / together)))
+    return _epochs(seconds, together, margin, most)
+
+
+def _epochs(seconds: float, epoch_s: float, margin: float, most: int) -> int:
+    """Whole epochs of ``epoch_s`` seconds in ``margin`` of ``seconds``, 0 to
+    ``most``."""
+    return max(0, min(most, math.floor(margin * seconds / epoch_s)))
 
 
 def distilled_epoch_seconds(student_epoch_s: float, teacher_history: list) -> float:
@@ -73,9 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.teacher_history:
             history = json.loads(Path(args.teacher_history).read_text())
             epoch = distilled_epoch_seconds(args.student_epoch_s, history)
-            epochs = max(
-                0, min(args.most, math.floor(args.margin * args.seconds / epoch))
-            )
+            epochs = _epochs(args.seconds, epoch, args.margin, args.most)
         else:
             rates = [
                 json.loads(Path(path).read_text())["train_images_per_s"]
