@@ -608,7 +608,7 @@ def train(
     instead of ``data_dir``. Every check, the data included, happens before
     anything is written or removed, so a mistake leaves the folder as it was.
     """
-    started = time.perf_counter()
+    watch = Stopwatch()
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe.validate()
     if recipe.teacher not in RECIPES and Path(recipe.teacher).is_file():
         # run.json keeps the whole path, so that --resume finds it from anywhere
@@ -620,9 +620,12 @@ def train(
     torch_device = select_device(device)
     run_dir = Path(out)
     _prepare_run_folder(run_dir, overwrite, remove=False)  # refuse early
+    watch.mark("checks")
     teacher = load_teacher(recipe, torch_device)
+    watch.mark("teacher")
     if arrays is None:
         arrays = load_cifar10(data_dir)
+    watch.mark("data")
     _prepare_run_folder(run_dir, overwrite, remove=True)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -642,9 +645,10 @@ def train(
                 "num_workers": num_workers,
             },
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "machine": provenance(torch_device),
+            "machine": provenance(torch_device),  # starts CUDA, naming the GPU
         },
     )
+    watch.mark("run_folder")
     return _fit(
         recipe,
         run_dir,
@@ -654,7 +658,7 @@ def train(
         num_workers,
         progress,
         log,
-        started,
+        watch,
         teacher,
     )
 
@@ -669,7 +673,7 @@ def resume(
 ) -> RunResult:
     """Continue the run in ``run_dir`` from its last finished epoch, on the data
     it was started with (or on ``data_dir``, for a copy that has moved)."""
-    started = time.perf_counter()
+    watch = Stopwatch()
     run_dir = Path(run_dir)
     if not (run_dir / "run.json").is_file():
         raise RunFolderError(
@@ -687,13 +691,16 @@ def resume(
             f"({type(error).__name__}: {error}); resume a folder written by train."
         ) from None
     torch_device = select_device(device)
+    watch.mark("checks")
     teacher = load_teacher(recipe, torch_device)  # refused before the data loads
+    watch.mark("teacher")
     if arrays is None:
         if source == "synthetic" and data_dir is None:
             raise RunFolderError(
                 f"'{run_dir}' was trained on in-memory data; pass the same arrays."
             )
         arrays = load_cifar10(data_dir or location)
+    watch.mark("data")
     return _fit(
         recipe,
         run_dir,
@@ -703,9 +710,28 @@ def resume(
         data["num_workers"],
         progress,
         log,
-        started,
+        watch,
         teacher,
     )
+
+
+class Stopwatch:
+    """The parts of the time to get ready to train: ``mark(name)`` adds the
+    seconds since the previous mark (or the start) to the part ``name``."""
+
+    def __init__(self) -> None:
+        self.started = self.last = time.perf_counter()
+        self.parts: dict[str, float] = {}
+
+    def mark(self, name: str) -> float:
+        now = time.perf_counter()
+        self.parts[name] = self.parts.get(name, 0.0) + now - self.last
+        self.last = now
+        return now
+
+    @property
+    def total(self) -> float:
+        return self.last - self.started
 
 
 @dataclass
@@ -728,7 +754,9 @@ class _Run:
     step: TrainStep | None = None
     history: list[dict] = field(default_factory=list)
     best_accuracy: float = 0.0
-    figure_drawn: float = -math.inf  # time.monotonic() when the curves were drawn
+    figure_drawn: float = field(default_factory=time.monotonic)  # the curves drawn
+    # (or the run set up): the first figure comes after FIGURE_EVERY_S or at the end
+    clock: float = 0.0  # time.perf_counter() when the last epoch (or preparation) ended
 
     @property
     def evaluated(self) -> nn.Module:
@@ -745,22 +773,24 @@ def _fit(
     num_workers,
     progress,
     log,
-    started,
+    watch: Stopwatch,
     teacher,
 ) -> RunResult:
     """Train ``recipe`` in ``run_dir`` from its last finished epoch (or the first).
-    ``started``: ``time.perf_counter()`` when the caller began, before it loaded
-    the data, so that the time to get ready to train is measured. ``teacher``:
+    ``watch``: started when the caller began, before it loaded the data, so that
+    the time to get ready to train is measured, in parts. ``teacher``:
     ``load_teacher(recipe, device)``, loaded by the caller before the data."""
     train_loader, test_loader = make_loaders(
         recipe, arrays, subset, device, num_workers
     )
+    watch.mark("loaders")
     set_seed(recipe.seed)
     images = None  # the training images, for a recipe that whitens its stem
     if recipe.whiten_stem:
         images = take_subset(arrays.train_images, arrays.train_labels, subset)[0]
     model = prepare_model(recipe, device, images)
-    optimizer = make_optimizer(model, recipe)
+    watch.mark("model")
+    optimizer = make_optimizer(model, recipe)  # PyTorch imports torch._dynamo here
     scheduler, per_step = make_scheduler(optimizer, recipe, len(train_loader))
     amp_dtype, scaler = mixed_precision(recipe, device)
     configure_device(device, recipe.cudnn_benchmark)
@@ -814,13 +844,15 @@ def _fit(
             f"Data: {arrays.source} ({arrays.location}), {_count(train_loader):,} "
             f"training and {_count(test_loader):,} test images; device: {device}."
         )
+    watch.mark("optimizer")  # with the schedule, the average, a saved state
     # after loading: a captured step holds on to these very tensors
     run.step = make_train_step(
         recipe, model, optimizer, device, run.ema, run.scaler, run.amp_dtype, teacher
     )
     if run.step.capture:
         log("Each training step after the first few replays one CUDA graph.")
-    _note_preparation(run_dir, time.perf_counter() - started, start_epoch, log)
+    run.clock = watch.mark("step")
+    _note_preparation(run_dir, watch, start_epoch, log)
 
     stop_reason = f"trained all {recipe.epochs} epochs"
     for epoch in range(start_epoch, recipe.epochs + 1):
@@ -851,17 +883,29 @@ def _fit(
     return RunResult(run_dir, run.history, run.best_accuracy, stop_reason, model)
 
 
-def _note_preparation(run_dir: Path, seconds: float, start_epoch: int, log) -> None:
+def _note_preparation(run_dir: Path, watch: Stopwatch, start_epoch: int, log) -> None:
     """Say how long it took to get ready to train: the data loaded (decoded, or
     from the cache) and, for the tensor backend, copied to the training device; the
     model built (its stem whitened, where the recipe says so); the device set up.
-    For a fresh run also in run.json as ``prepare_seconds`` (the training and
-    evaluation are each epoch's ``seconds`` in history.json)."""
-    log(f"Ready to train after {seconds:.1f} s (data loaded, loaders and model built).")
+    For a fresh run also in run.json: ``prepare_seconds`` and its parts in
+    ``prepare_parts`` (checks, teacher, data, run_folder (where CUDA starts),
+    loaders, model, optimizer, step). Each epoch's ``seconds`` in history.json
+    follow on from it: ``prepare_seconds`` plus the ``seconds`` of epochs 1 to k
+    is the time from the call of ``train`` to the end of epoch k's evaluation."""
+    log(
+        f"Ready to train after {watch.total:.1f} s (data loaded, loaders and model "
+        "built)."
+    )
     if start_epoch == 1:
         settings = json.loads((run_dir / "run.json").read_text())
+        parts = {name: round(seconds, 3) for name, seconds in watch.parts.items()}
         atomic_write_json(
-            run_dir / "run.json", {**settings, "prepare_seconds": round(seconds, 2)}
+            run_dir / "run.json",
+            {
+                **settings,
+                "prepare_seconds": round(watch.total, 2),
+                "prepare_parts": parts,
+            },
         )
 
 
@@ -1016,7 +1060,10 @@ def prepare_model(
 
 
 def _train_and_evaluate(run: _Run, epoch: int) -> dict:
-    """Train one epoch, evaluate, step the schedule; returns the history row."""
+    """Train one epoch, evaluate, step the schedule; returns the history row.
+    ``seconds``: since the previous epoch's evaluation ended (so with the saving of
+    its files) or, for the first, since the preparation ended; ``train_seconds``:
+    this epoch's training alone."""
     recipe = run.recipe
     started = time.perf_counter()
     set_epoch(run.train_loader, recipe.seed, epoch)
@@ -1046,6 +1093,7 @@ def _train_and_evaluate(run: _Run, epoch: int) -> dict:
         extra["raw_test_accuracy"] = round(raw_accuracy, 5)
     if not run.per_step:
         run.scheduler.step(test_accuracy)
+    ended = time.perf_counter()
     row = {
         "epoch": epoch,
         "train_loss": round(train_loss, 5),
@@ -1053,11 +1101,12 @@ def _train_and_evaluate(run: _Run, epoch: int) -> dict:
         "test_loss": round(test_loss, 5),
         "test_accuracy": round(test_accuracy, 5),
         "lr": run.optimizer.param_groups[0]["lr"],
-        "seconds": round(time.perf_counter() - started, 2),
+        "seconds": round(ended - run.clock, 2),
         "train_seconds": round(train_seconds, 2),
         **extra,
     }
     run.history.append(row)
+    run.clock = ended
     return row
 
 
@@ -1105,10 +1154,9 @@ def _save_epoch(run: _Run, finished: bool, reason: str) -> None:
     files that do not exist yet. The figure of the curves (a third of a second to
     draw 126 epochs on this project's CPU, while the GPU waits) is redrawn only
     every ``FIGURE_EVERY_S`` seconds and after the last epoch: every epoch on a CPU,
-    about every twentieth of the best recipe's 1.5-second epochs on an H100;
+    about every twentieth of the best recipe's 1.5-second epochs on an H100, only
+    at the end of a run shorter than that (nor is matplotlib imported before);
     history.json has every epoch."""
-    from cifar_lib.plots import training_curves  # matplotlib only when saving
-
     last = run.history[-1]
     weights = {
         "recipe": run.recipe.to_dict(),
@@ -1123,6 +1171,8 @@ def _save_epoch(run: _Run, finished: bool, reason: str) -> None:
         checkpoints.save(run.run_dir / "final_model.pt", checkpoints.WEIGHTS, **weights)
     atomic_write_json(run.run_dir / "history.json", run.history)
     if finished or time.monotonic() - run.figure_drawn >= FIGURE_EVERY_S:
+        from cifar_lib.plots import training_curves  # matplotlib only when drawing
+
         curves = training_curves(run.history, run.recipe.target)
         atomic_save_figure(run.run_dir / "training_curves.png", curves)
         run.figure_drawn = time.monotonic()

@@ -83,13 +83,14 @@ def test_training_learns_the_synthetic_set(tmp_path):
     assert accuracy == pytest.approx(best, abs=1e-4)
 
 
-@pytest.mark.parametrize("every, drawn", [(0.0, [1, 2, 3]), (1e9, [1, 3])])
+@pytest.mark.parametrize("every, drawn", [(0.0, [1, 2, 3]), (1e9, [3])])
 def test_curves_are_redrawn_at_most_every_so_often_and_at_the_end(
     tmp_path, synthetic, monkeypatch, every, drawn
 ):
     """A long GPU run of short epochs would wait for matplotlib after each one: the
-    figure is redrawn only when FIGURE_EVERY_S has passed, and after the last epoch
-    always, from the whole history."""
+    figure is redrawn only when FIGURE_EVERY_S has passed (since the last drawing,
+    or since the run got ready to train: a run shorter than that draws its curves
+    once, at the end), and after the last epoch always, from the whole history."""
     from cifar_lib import plots
 
     real, epochs_drawn = plots.training_curves, []
@@ -468,3 +469,49 @@ def test_prepare_model_fuses_norm_relu_on_the_cpu_only_when_asked():
         recipe.what_is_trained()
         == dataclasses.replace(recipe, fuse_norm_relu=False).what_is_trained()
     )
+
+
+def test_epoch_seconds_add_up_to_the_run(tmp_path, monkeypatch):
+    """prepare_seconds plus the epochs' seconds is the time from the call of train
+    to the last evaluation: the files saved between epochs are counted (in the
+    next epoch's seconds), and the parts of the preparation add up to it."""
+    import time
+
+    from cifar_lib.data import make_synthetic_cifar
+
+    pause = 0.3
+    saved = training._save_epoch
+
+    save_seconds = []
+
+    def slow_save(*args, **kwargs):
+        begun = time.perf_counter()
+        time.sleep(pause)
+        saved(*args, **kwargs)
+        save_seconds.append(time.perf_counter() - begun)
+
+    monkeypatch.setattr(training, "_save_epoch", slow_save)
+    arrays = make_synthetic_cifar(20, 5)
+    started = time.perf_counter()
+    result = fit(quick(epochs=3), tmp_path / "run", arrays)
+    whole = time.perf_counter() - started
+    settings = json.loads((tmp_path / "run" / "run.json").read_text())
+    rows = result.history
+    for row in rows[1:]:  # each holds the sleep of the save before it
+        assert row["seconds"] >= row["train_seconds"] + pause
+    assert rows[0]["seconds"] < rows[0]["train_seconds"] + pause
+    counted = settings["prepare_seconds"] + sum(row["seconds"] for row in rows)
+    # the last epoch's files are saved after its evaluation
+    assert whole == pytest.approx(counted + save_seconds[-1], abs=0.1)
+    parts = settings["prepare_parts"]
+    assert list(parts) == [
+        "checks",
+        "teacher",
+        "data",
+        "run_folder",
+        "loaders",
+        "model",
+        "optimizer",
+        "step",
+    ]
+    assert sum(parts.values()) == pytest.approx(settings["prepare_seconds"], abs=0.01)
