@@ -1,13 +1,17 @@
 """The tools of a lent GPU session (benchmarks/device/): the packer that carries the
 image folder there unpacks it byte for byte; the session scripts name recipes and
-models that exist; fit_epochs.py sizes the long runs to the time left."""
+models that exist and parse; fit_epochs.py sizes the long runs to the time left;
+run folders are never reused."""
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from cifar_lib.results import ROOT
+
+DEVICE = ROOT / "benchmarks" / "device"
 
 
 def test_pack_then_unpack_gives_the_same_files(tmp_path, image_folder, load_script):
@@ -139,3 +143,47 @@ def test_fit_epochs_sizes_a_distilled_run(tmp_path, capsys, load_script):
     (tmp_path / "history.json").write_text("[]")
     assert fit.main(args) == 2
     assert capsys.readouterr().err.startswith("error: no epoch count")
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in DEVICE.glob("*.sh")))
+def test_device_scripts_parse(script):
+    result = subprocess.run(["bash", "-n", str(DEVICE / script)], capture_output=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_free_folder_never_reuses_a_run_folder(tmp_path):
+    """A second call on a warm machine with the same settings once found the first
+    call's run folders, and train refused them: the next free name is taken."""
+    text = (DEVICE / "common.sh").read_text()
+    function = text[text.index("free_folder() {") :]
+    function = function[: function.index("\n}\n") + 3]
+    base = tmp_path / "fast_seed0"
+
+    def free() -> str:
+        script = f"{function}\nfree_folder {base}"
+        return subprocess.run(
+            ["bash", "-c", script], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    assert free() == str(base)
+    base.mkdir()
+    assert free() == f"{base}_2"
+    Path(f"{base}_2").mkdir()
+    assert free() == f"{base}_3"
+
+
+def test_gpu_fast_names_its_folders_after_the_flags(tmp_path):
+    text = (DEVICE / "gpu_fast.sh").read_text()
+    lines = [line for line in text.splitlines() if "NAME=" in line]
+    script = "\n".join(lines) + '\necho "$NAME"'
+
+    def name(*flags: str) -> str:
+        return subprocess.run(
+            ["bash", "-c", script, "gpu_fast.sh", *flags],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+
+    assert name() == "fast"
+    assert name("--batch-size", "64", "--lr", "0.1") == "fast_batchsize_64_lr_0.1"

@@ -8,6 +8,7 @@
 #   DATA, RUNS, TRAIN        where the images and runs go; the training command
 #   unpack_data              the images into DATA and decoded (once per machine)
 #   unpack_data_and_test_graphs   the same beside the CUDA tests; sets GRAPH
+#   free_folder PATH         PATH, or PATH_2, PATH_3, ... if it exists
 #   fast_run NAME SEED RESERVE [FLAGS]   one timed run of the fast recipe
 #   fast_runs NAME RESERVE [FLAGS]   fast_run for seeds 0-3 while time is left
 #   watch_runs LOG...        follow background runs until they end or the deadline
@@ -32,6 +33,23 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
     --upgrade --target /tmp/site .devcarry/whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD
 
+# Python's compiled bytecode. In the fifth session's runs the device's image had
+# none for PyTorch, and (as the machine here) PYTHONDONTWRITEBYTECODE=1: every
+# command compiled the source of each module it imported (6.5 s of a profiled run
+# in the fourth session), also inside the timed preparation, where PyTorch's first
+# optimiser imports torch._dynamo (3.4 s compiled, 0.9 s from bytecode, on the
+# 2-core CPU). A pip install compiles the bytecode, as a student's machine or
+# Colab has it: the calls keep it in /tmp/pycache and compile what training
+# imports before any run is timed.
+python3 -c "import os, sys, pathlib, torch
+cached = any((pathlib.Path(torch.__file__).parent / '__pycache__').glob('*.pyc'))
+print('bytecode: PYTHONDONTWRITEBYTECODE =', os.environ.get('PYTHONDONTWRITEBYTECODE'),
+      '; compiled files beside torch:', cached)"
+unset PYTHONDONTWRITEBYTECODE
+export PYTHONPYCACHEPREFIX=/tmp/pycache
+stamp "compile the bytecode of what training imports"
+python3 -c "import cifar_lib.train, cifar_lib.plots, torch._dynamo, torch.cuda.graphs, matplotlib.pyplot" || exit 1
+
 DATA=/tmp/cifar10-jpeg75
 RUNS=/tmp/runs
 mkdir -p "$RUNS"
@@ -43,8 +61,10 @@ pack() {
     local changed
     changed=$(cd $RUNS && find . -mindepth 1 -maxdepth 1 -newer /tmp/call_start)
     [ -n "$changed" ] || return 0
+    # exit status 1: a file changed while it was read (a run still training)
     tar czf "$OUT/runs.tmp" -C $RUNS --exclude=final_model.pt --exclude='*.png' \
-        $changed && mv "$OUT/runs.tmp" "$OUT/runs.tgz"
+        --warning=no-file-changed $changed
+    [ $? -le 1 ] && mv "$OUT/runs.tmp" "$OUT/runs.tgz"
 }
 
 # unpack_data: the packed images into $DATA, decoded and cached, unless a call
@@ -57,14 +77,20 @@ load_cifar10('$DATA')" && touch "$RUNS/decoded" && echo decoded
 }
 
 # unpack_data_and_test_graphs: unpack_data in the background while the CUDA tests
-# of the captured step run; GRAPH becomes --no-cuda-graph if they fail (for the
-# runs' command lines). Returns 1 if the data could not be unpacked.
+# of the captured step run (unless they passed in an earlier call on this machine
+# at the same commit); GRAPH becomes --no-cuda-graph if they fail (for the runs'
+# command lines). Returns 1 if the data could not be unpacked.
 unpack_data_and_test_graphs() {
     stamp "unpack and decode the data, meanwhile the CUDA tests"
     unpack_data > "$RUNS/decode.log" 2>&1 &
     local decode=$!
     GRAPH=""
-    if ! python3 -m pytest -q -o addopts="-p no:cacheprovider" tests/test_graphs.py; then
+    local passed=$RUNS/graph_tests_passed_$CIFAR_LIB_COMMIT
+    if [ -f "$passed" ]; then
+        echo "the CUDA tests passed in an earlier call on this machine, same commit"
+    elif python3 -m pytest -q -o addopts="-p no:cacheprovider" tests/test_graphs.py; then
+        touch "$passed"
+    else
         GRAPH="--no-cuda-graph"
         stamp "the captured step failed its tests: the runs below launch every kernel"
     fi
@@ -72,16 +98,25 @@ unpack_data_and_test_graphs() {
     cat "$RUNS/decode.log"
 }
 
+# free_folder PATH: PATH, or PATH_2, PATH_3, ... the first that does not exist.
+free_folder() {
+    local path=$1 n=2
+    while [ -e "$path" ]; do path=$1_$n; n=$((n + 1)); done
+    echo "$path"
+}
+
 # fast_run NAME SEED RESERVE [FLAGS]: the fast recipe alone on the GPU into
-# $RUNS/NAME_seedSEED, timed as a whole command, given the time left but RESERVE
+# $RUNS/NAME_seedSEED (NAME_seedSEED_2, _3, ... where an earlier call on this
+# machine left one), timed as a whole command, given the time left but RESERVE
 # seconds; returns 1 without running when less than 30 s would be left.
 fast_run() {
     local name=$1 seed=$2 left=$((LIMIT - $(elapsed) - $3)); shift 3
     [ $left -gt 30 ] || return 1
+    local out=$(free_folder $RUNS/${name}_seed$seed)
     stamp "fast, seed $seed $*, alone on the GPU, timed as a whole command" \
-        "(at most ${left}s)"
+        "(at most ${left}s), into $out"
     local begin=$(date +%s%N)
-    timeout $left $TRAIN --recipe fast --seed $seed --out $RUNS/${name}_seed$seed "$@"
+    timeout $left $TRAIN --recipe fast --seed $seed --out $out "$@"
     echo "fast seed $seed $*: whole command" \
         "$(( ($(date +%s%N) - begin) / 1000000 )) ms (Python start, cached data" \
         "loaded, whitening, training, evaluation, files)"

@@ -9,15 +9,16 @@
 #
 #   bash benchmarks/device/gpu_fast.sh SECONDS [TRAIN FLAGS]
 # TRAIN FLAGS, if given, change the recipe for these runs (their folders are then
-# named fast_changed_seedN), e.g. the candidates of notebook 06: batch 128, which
-# reached 85% at epoch 8 with five of seeds 0 to 5 on the CPU (seed 3: 84.98%), and
-# batch 64, with each of seeds 0 to 3:
-#   bash benchmarks/device/gpu_fast.sh 150 --batch-size 128 --lr 0.2 --ema 0.992
+# named after them, fast_batchsize_64_lr_0.1_ema_0.996_seedN below), e.g. the
+# fast recipe at batch 64, which reached 85% at epoch 8 with two of seeds 0, 1, 3
+# on an H100 (results/gpu/README.md, fifth session):
 #   bash benchmarks/device/gpu_fast.sh 150 --batch-size 64 --lr 0.1 --ema 0.996
 LIMIT=${1:-170}
 shift $(($# > 0 ? 1 : 0))
 source "$(dirname "$0")/common.sh"
 unpack_data || exit 1
-fast_runs $([ $# -gt 0 ] && echo fast_changed || echo fast) 5 "$@"
+NAME=fast
+[ $# -eq 0 ] || NAME=fast$(printf '_%s' "$@" | tr -d -- -)
+fast_runs $NAME 5 "$@"
 pack
 stamp "done"
