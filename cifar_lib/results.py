@@ -105,15 +105,16 @@ def first_reaching(history: list[dict], level: float) -> tuple[int, float] | Non
     return None
 
 
-def recipe_changes(settings: dict) -> list[str]:
+def recipe_changes(settings: dict, against=None) -> list[str]:
     """What a recorded run trained differently from its recipe as shipped now
-    (``RECIPES[settings["name"]]``): "field value" for each field that decides
-    what is trained, the seed aside, and the augmentation's fields one by one.
-    An empty list: the recipe as it is, with some seed."""
+    (``RECIPES[settings["name"]]``), or from the recipe ``against``: "field value"
+    for each field that decides what is trained, the seed aside, and the
+    augmentation's fields one by one. An empty list: the recipe as it is, with
+    some seed."""
     from cifar_lib.train import RECIPES, Recipe
 
     trained = Recipe.from_dict(settings).what_is_trained()
-    shipped = RECIPES[trained["name"]].what_is_trained()
+    shipped = (against or RECIPES[trained["name"]]).what_is_trained()
     changes = []
     for key, value in trained.items():
         if key in ("name", "seed"):
@@ -125,11 +126,14 @@ def recipe_changes(settings: dict) -> list[str]:
     return changes
 
 
-def recorded_runs(name: str, results_dir: Path = ROOT / "results") -> list[dict]:
+def recorded_runs(
+    name: str, results_dir: Path = ROOT / "results", against=None
+) -> list[dict]:
     """Every recorded run of recipe ``name``, as shipped or changed, whatever its
     seed or hardware: ``results/<name>.json`` and the files in
     ``results/ablations/`` made from it. Each as {file, seed, changes (see
-    ``recipe_changes``), best_accuracy, epochs_to_target, epochs, data,
+    ``recipe_changes``; from the recipe ``against`` where given, e.g. the recipe
+    as it was shipped before), best_accuracy, epochs_to_target, epochs, data,
     hardware}, sorted by hardware, then seed."""
     from cifar_lib.train import RECIPES
 
@@ -149,7 +153,7 @@ def recorded_runs(name: str, results_dir: Path = ROOT / "results") -> list[dict]
             {
                 "file": path.relative_to(results_dir).as_posix(),
                 "seed": settings["seed"],
-                "changes": recipe_changes(settings),
+                "changes": recipe_changes(settings, against),
                 "best_accuracy": run["best_accuracy"],
                 "epochs_to_target": reached[0] if reached else None,
                 "epochs": len(run["history"]),

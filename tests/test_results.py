@@ -85,6 +85,9 @@ def test_recipe_changes_name_what_was_trained_differently():
     flips = replace(fast, augmentation=replace(fast.augmentation, shift=0.0))
     assert recipe_changes(flips.to_dict()) == ["shift 0.0"]
     assert recipe_changes(get_recipe("seed", epochs=3).to_dict()) == ["epochs 3"]
+    before = replace(fast, batch_size=32, lr=0.05)  # against another recipe
+    assert recipe_changes(fast.to_dict(), before) == ["lr 0.2", "batch_size 128"]
+    assert recipe_changes(before.to_dict(), before) == []
 
 
 def test_changed_runs_are_recorded_runs_with_their_changes(tmp_path: Path):
@@ -110,6 +113,12 @@ def test_changed_runs_are_recorded_runs_with_their_changes(tmp_path: Path):
         ("ablations/x.json", ["batch_size 64"]),
     ]
     assert [r["file"] for r in runs_of_recipe("fast", tmp_path)] == ["fast.json"]
+    at_64 = get_recipe("fast", batch_size=64)
+    runs = recorded_runs("fast", tmp_path, against=at_64)
+    assert [(r["file"], r["changes"]) for r in runs] == [
+        ("fast.json", ["batch_size 128"]),
+        ("ablations/x.json", []),
+    ]
     table = results_markdown(tmp_path)
     assert "| x | fast | batch_size 64 | 2 | 1 | 80.00% |" in table
     assert "| y | seed | nothing | 2 | 1 | 80.00% |" in table
