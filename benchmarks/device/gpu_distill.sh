@@ -16,20 +16,24 @@
 # teacher of 40 epochs (1.13 s each after the first, 91.16%) taught the best
 # recipe to 91.45% in 183 epochs; the teacher's epoch costs little beside the
 # student's (1.77 s). Output in $OUT as gpu_best.sh's (session.log,
-# runs.tgz with teacher/ and best_distilled/).
+# runs.tgz with teacher/ and best_distilled/, or teacher_2/ and
+# best_distilled_2/ on a machine where an earlier call left them).
 LIMIT=${1:-580}
 TEACHER_EPOCHS=${2:-150}
 source "$(dirname "$0")/common.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 unpack_data_and_test_graphs || exit 1
 
-TEACHER=/tmp/teacher  # outside $RUNS: its weights are not packed
+# Folders and logs not used by an earlier call on this machine (free_folder)
+TEACHER=$(free_folder /tmp/teacher)  # outside $RUNS: its weights are not packed
+KEPT=$(free_folder $RUNS/teacher)  # what comes back of it
+STUDENT=$(free_folder $RUNS/best_distilled)
 stamp "teacher: CIFAR10TeacherResNet, $TEACHER_EPOCHS epochs, no label smoothing"
 $TRAIN --recipe best --model CIFAR10TeacherResNet --epochs $TEACHER_EPOCHS \
-    --label-smoothing 0 $GRAPH --out $TEACHER > $RUNS/teacher.log 2>&1 &
-watch_runs $RUNS/teacher.log
-mkdir -p $RUNS/teacher && cp $TEACHER/run.json $TEACHER/history.json $RUNS/teacher/
-tail -n 2 $RUNS/teacher.log
+    --label-smoothing 0 $GRAPH --out $TEACHER > $KEPT.log 2>&1 &
+watch_runs $KEPT.log
+mkdir -p $KEPT && cp $TEACHER/run.json $TEACHER/history.json $KEPT/
+tail -n 2 $KEPT.log
 [ -f $TEACHER/final_model.pt ] || { stamp "the teacher did not finish"; pack; exit 1; }
 
 EPOCHS=$(python3 benchmarks/device/fit_epochs.py $((LIMIT - $(elapsed) - 45)) \
@@ -37,8 +41,8 @@ EPOCHS=$(python3 benchmarks/device/fit_epochs.py $((LIMIT - $(elapsed) - 45)) \
 [ "$EPOCHS" -ge 43 ] || { stamp "only $EPOCHS epochs would fit: no student"; pack; exit 1; }
 stamp "best, $EPOCHS epochs, taught by the teacher, alone on the GPU until the deadline"
 $TRAIN --recipe best --epochs $EPOCHS --teacher $TEACHER/final_model.pt $GRAPH \
-    --out $RUNS/best_distilled > $RUNS/best_distilled.log 2>&1 &
-watch_runs $RUNS/best_distilled.log
-tail -n 3 $RUNS/best_distilled.log
+    --out $STUDENT > $STUDENT.log 2>&1 &
+watch_runs $STUDENT.log
+tail -n 3 $STUDENT.log
 pack
 stamp "done"
