@@ -4,9 +4,9 @@ On a GPU a training step of these small models is mostly the launching of
 kernels: Python asks for several hundred small kernels one after the other, and
 the GPU finishes each before the next has been asked for. A CUDA graph records the
 kernels of one step once and replays them all with one call, so the GPU no longer
-waits for Python: on an H100 a step of the fast recipe (batch 32) took 8.4-9.3 ms
-launched from Python and 1.26 ms replayed (results/gpu/README.md, one benchmark
-run each, on two machines of the same kind).
+waits for Python: on an H100 a step of the fast recipe (at batch 32, as it was
+then) took 8.4-9.3 ms launched from Python and 1.26 ms replayed
+(results/gpu/README.md, one benchmark run each, on two machines of the same kind).
 
 ``TrainStep`` is the step the training loop calls for every batch:
 
