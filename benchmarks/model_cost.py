@@ -1,7 +1,8 @@
 """What a model costs on this machine against another, in the fast recipe: training
-images per second (batch 32, every other setting as shipped) of each model named,
-taking turns round by round in one process (``activation_cost.take_turns``), so
-that a burst of load on the machine hits them alike; each figure is the median of
+images per second (at the recipe's batch size, every other setting as shipped) of
+each model named, taking turns round by round in one process
+(``activation_cost.take_turns``), so that a burst of load on the machine hits them
+alike; each figure is the median of
 the rounds (``activation_cost.rows_against``), on random CIFAR-sized images. Times
 are given against the first model.
 
