@@ -270,12 +270,13 @@ _FAST = Recipe(
     weight_decay=5e-4,
     schedule="onecycle",
     epochs=8,
-    # 391 steps per epoch. Batch 32 (lr 0.05, ema 0.998) learned as much in 8 epochs
-    # on the 2-core CPU: mean 85.29% against 85.26% with seeds 0-5, one run each, 5
-    # of 6 at 85% here against 6 of 6 (results/ablations/fast_batch128_lr02_seed*
-    # and fast_gelu_seed*); on an H100 an epoch takes 1.1 s against 2.2 s
-    # (results/ablations/h100_fast_batch128_lr02_seed*.json, 3 of 3 at 85%), and on
-    # this CPU a little less too.
+    # 391 steps per epoch. Until the fifth GPU session batch 32 (lr 0.05, ema
+    # 0.998): in 8 epochs on the 2-core CPU, seeds 0-5, one run each, batch 128
+    # reached a mean of 85.26% (5 of 6 at 85%; results/ablations/
+    # fast_batch128_lr02_seed*) and batch 32 85.29% (6 of 6; fast_gelu_seed*); the
+    # recorded run, 85.29% at epoch 8 (results/fast.json). On an H100 an epoch takes
+    # 1.1 s against 2.2 s (h100_fast_batch128_lr02_seed*, 3 of 3 at 85%); on this
+    # CPU 0.98x the time per image (results/bench_cpu_batch128.json).
     batch_size=128,
     label_smoothing=0.1,
     ema=0.992,  # averages over about the last 125 steps (a third of an epoch)
