@@ -218,7 +218,8 @@ def test_a_run_is_recovered_from_what_train_printed(tmp_path, synthetic, load_sc
         for key in ("train_accuracy", "test_accuracy", "raw_test_accuracy"):
             assert parsed[key] == pytest.approx(row[key], abs=5e-5)
         assert parsed["lr"] == pytest.approx(row["lr"], rel=1e-2)
-        assert parsed["seconds"] == pytest.approx(row["seconds"], abs=0.05)
+        # printed to 0.1 s from a value kept to 0.01 s: 0.75 prints as 0.8
+        assert parsed["seconds"] == pytest.approx(row["seconds"], abs=0.05 + 1e-9)
         assert parsed["epoch"] == row["epoch"]
 
 
