@@ -138,6 +138,11 @@ def test_fit_epochs_sizes_a_distilled_run(tmp_path, capsys, load_script):
     args = ["300", "--teacher-history", str(tmp_path / "history.json")]
     assert fit.main([*args, "--student-epoch-s", "1.5", "--margin", "0.8"]) == 0
     assert capsys.readouterr().out.strip() == "96"  # 0.8 * 300 / 2.5
+    # a run's record in results/ablations/ holds its history
+    (tmp_path / "record.json").write_text(json.dumps({"history": history}))
+    record = ["300", "--teacher-history", str(tmp_path / "record.json")]
+    assert fit.main([*record, "--student-epoch-s", "1.5", "--margin", "0.8"]) == 0
+    assert capsys.readouterr().out.strip() == "96"
     assert fit.main([*args, "--student-epoch-s", "1.5", "--most", "50"]) == 0
     assert capsys.readouterr().out.strip() == "50"
     (tmp_path / "history.json").write_text("[]")

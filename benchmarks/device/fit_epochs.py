@@ -17,8 +17,9 @@ sizes a distilled run instead (gpu_distill.sh): an epoch of the student, measure
 alone (--student-epoch-s, 1.55 s for the best recipe on an H100), plus the
 teacher's forward passes over the same images, taken as a third of the teacher's
 own training epoch (the median of its epochs after the first, from the
-history.json of its run): a forward pass is about a third of the arithmetic of a
-training step (forward, then backward through activations and weights).
+history.json of its run, or the run's record in results/ablations/): a forward
+pass is about a third of the arithmetic of a training step (forward, then backward
+through activations and weights).
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.teacher_history:
             history = json.loads(Path(args.teacher_history).read_text())
+            if isinstance(history, dict):  # a record in results/ablations/
+                history = history["history"]
             epoch = distilled_epoch_seconds(args.student_epoch_s, history)
             epochs = _epochs(args.seconds, epoch, args.margin, args.most)
         else:
