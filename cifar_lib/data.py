@@ -151,8 +151,11 @@ def _corrupted(root: Path, error: Exception) -> DatasetError:
 # --- image folders ---------------------------------------------------------------
 
 
-def _list_image_folder(root: Path) -> dict[str, list[tuple[Path, int]]]:
-    """Check the layout and list (file, label) per split, in a stable order."""
+def _list_image_folder(root: Path) -> dict[str, list[tuple[str, int]]]:
+    """Check the layout and list (file, label) per split, in a stable order. The
+    files are path strings, not ``Path`` objects: with 60,000 of those (made, then
+    each asked for its size and time) loading the cached JPEG copy took 0.68-0.75 s
+    on this project's CPU, and 0.29-0.32 s with strings (5 rounds, taking turns)."""
     for split, other in (("train", "test"), ("test", "train")):
         if not (root / split).is_dir():
             raise DatasetError(
@@ -182,8 +185,9 @@ def _list_image_folder(root: Path) -> dict[str, list[tuple[Path, int]]]:
                 raise DatasetError(f"'{class_dir}' is a file, not a class folder.")
             # sorted by name: the order of the paths, without comparing Path
             # objects (about 1.5 s for 60,000 files on the GPU machine, profiled)
+            prefix = os.path.join(class_dir, "")
             names = [
-                class_dir / name
+                prefix + name
                 for name in sorted(os.listdir(class_dir))
                 if not name.startswith(".")
             ]
@@ -197,7 +201,7 @@ def _list_image_folder(root: Path) -> dict[str, list[tuple[Path, int]]]:
     return splits
 
 
-def _decode(path: Path) -> np.ndarray:
+def _decode(path: str | Path) -> np.ndarray:
     """One image as uint8 RGB (32, 32, 3). Grey or RGBA files are converted to RGB;
     any other size is refused, since resizing would silently change the data."""
     try:
@@ -222,7 +226,7 @@ def _decode(path: Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def _cache_path(root: Path, listing: dict[str, list[tuple[Path, int]]]) -> Path:
+def _cache_path(root: Path, listing: dict[str, list[tuple[str, int]]]) -> Path:
     """``imagefolder-<folder>-<content>.npz``: a digest of the folder's path, then
     one of its files' names, labels, sizes and modification times, so that a
     changed file makes a new cache (and ``_write_cache`` removes the folder's old
@@ -231,8 +235,9 @@ def _cache_path(root: Path, listing: dict[str, list[tuple[Path, int]]]) -> Path:
     digest = folder.copy()
     for split, files in listing.items():
         for path, label in files:
-            stat = path.stat()
-            digest.update(f"{split}|{path.name}|{label}|{stat.st_size}|".encode())
+            stat = os.stat(path)
+            name = os.path.basename(path)
+            digest.update(f"{split}|{name}|{label}|{stat.st_size}|".encode())
             digest.update(str(stat.st_mtime_ns).encode())
     cache_dir = Path(
         os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "cifar_lib"
