@@ -20,6 +20,19 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def shipped(name: str) -> Path:
+    """The repository's folder ``name`` ("results" or "pretrained") that notebooks
+    read: the one beside the package (a clone installed with ``pip install -e``, or
+    the folder a Colab copy unpacks itself into, ``cifar_lib.colab``), else
+    ``../name`` seen from the working directory (a notebook in a clone's
+    ``notebooks/`` folder, the package installed from elsewhere)."""
+    beside = ROOT / name
+    above = Path("..") / name
+    return above if not beside.is_dir() and above.is_dir() else beside
+
+
 START = "<!-- results:start (made by python -m cifar_lib.results; do not edit) -->"
 END = "<!-- results:end -->"
 

@@ -4,12 +4,27 @@ benchmarks/ imported as modules."""
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import numpy as np
 import pytest
 
 from cifar_lib.data import make_synthetic_cifar, save_image_folder
 from cifar_lib.results import ROOT
+
+# The data and cache folders given to the test run, before ``_private_cache``
+# hides them from each test (a test that runs a notebook on the real data needs
+# them: ``outer_data``).
+_OUTER = {
+    name: os.environ.get(name) for name in ("CIFAR_LIB_DATA_DIR", "CIFAR_LIB_CACHE_DIR")
+}
+
+
+@pytest.fixture
+def outer_data() -> dict:
+    """The environment variables naming the data and cache folders that the test
+    run was given (values None where unset)."""
+    return dict(_OUTER)
 
 
 @pytest.fixture

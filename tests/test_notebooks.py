@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import subprocess
@@ -89,16 +91,26 @@ def _fresh_venv_without_cifar_lib(folder: Path) -> Path:
     return python
 
 
-def test_bundled_notebook_runs_alone_where_cifar_lib_is_not_installed(tmp_path):
+@pytest.mark.parametrize(
+    "name", ["02_custom_layers.ipynb", "06_beyond_85.ipynb"]
+)  # 06 reads results/ and loads shipped weights, which the copy must carry
+def test_bundled_notebook_runs_alone_where_cifar_lib_is_not_installed(
+    tmp_path, name, outer_data
+):
     alone = tmp_path / "upload"
     alone.mkdir()
-    copy = colab.bundle_notebook(
-        ROOT / "notebooks" / "02_custom_layers.ipynb", alone / "02_custom_layers.ipynb"
-    )
+    copy = colab.bundle_notebook(ROOT / "notebooks" / name, alone / name)
     assert list(alone.iterdir()) == [copy]
     python = _fresh_venv_without_cifar_lib(tmp_path / "fresh")
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env["CIFAR_LIB_QUICK"] = "1"
+    if name.startswith("06"):  # it evaluates the shipped weights on CIFAR-10
+        if outer_data["CIFAR_LIB_DATA_DIR"] is None:
+            pytest.skip("needs CIFAR-10: set CIFAR_LIB_DATA_DIR, as .ci/run does")
+        env.pop("CIFAR_LIB_CACHE_DIR")  # the decoded copy the notebooks use
+        env.update({key: value for key, value in outer_data.items() if value})
+    env["TMPDIR"] = str(tmp_path / "tmp")  # where the copy unpacks itself
+    (tmp_path / "tmp").mkdir()
 
     def run(*args, **kwargs):
         return subprocess.run(
@@ -125,6 +137,46 @@ def test_bundled_notebook_runs_alone_where_cifar_lib_is_not_installed(tmp_path):
         if cell["cell_type"] == "code"
         for output in cell["outputs"]
     )
-    # The kernel ran in the fresh environment and imported the bundled zip.
+    # The kernel ran in the fresh environment and imported the unpacked bundle.
     assert "cifar_lib unpacked from this notebook" in printed
-    assert ".zip/cifar_lib" in printed
+    unpacked = next((tmp_path / "tmp").glob("cifar_lib-*"))
+    assert f"cifar_lib from {unpacked / 'cifar_lib'}" in printed
+    assert "installing" not in printed  # torchinfo and albumentations 2.x are here
+
+
+def test_bundle_carries_the_results_and_weights_a_notebook_reads(tmp_path):
+    import zipfile
+
+    def carried(name):
+        text = json.loads(
+            colab.bundle_notebook(
+                ROOT / "notebooks" / name, tmp_path / name
+            ).read_text()
+        )
+        cell = next(c for c in text["cells"] if c.get("id") == colab.BUNDLE_CELL_ID)
+        payload = "".join(cell["source"]).split('BUNDLE = """')[1].split('"""')[0]
+        archive = zipfile.ZipFile(io.BytesIO(base64.b64decode(payload)))
+        return set(archive.namelist())
+
+    files_06 = carried("06_beyond_85.ipynb")
+    shipped = {f"pretrained/{r}.pt" for r in ("seed", "fast", "best")}
+    assert shipped <= files_06 and "results/fast.json" in files_06
+    assert "cifar_lib/colab.py" in files_06
+    assert "results/ablations/fast_seed4.json" in files_06
+    files_02 = carried("02_custom_layers.ipynb")  # reads neither
+    assert all(name.startswith("cifar_lib/") for name in files_02)
+
+
+def test_data_files_names_the_weights_a_notebook_loads(tmp_path):
+    (tmp_path / "results" / "sub").mkdir(parents=True)
+    (tmp_path / "results" / "a.json").write_text("{}")
+    (tmp_path / "results" / "sub" / "b.json").write_text("{}")
+    (tmp_path / "results" / "sub" / "run.log").write_text("")
+    text = 'x = load_pretrained("seed", device=d)\nread("../results/a.json")'
+    assert colab.data_files(text, tmp_path) == [
+        Path("results/a.json"),
+        Path("results/sub/b.json"),
+        Path("results/sub/run.log"),
+        Path("pretrained/seed.pt"),
+    ]
+    assert colab.data_files("nothing read here", tmp_path) == []

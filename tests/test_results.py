@@ -164,3 +164,19 @@ def test_hardware_names_the_cpu_threads(monkeypatch):
     assert hardware("cpu").endswith(", 1 thread, no GPU")
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     assert hardware("cpu").endswith(", 2 threads, no GPU")
+
+
+def test_shipped_prefers_the_folder_beside_the_package(tmp_path, monkeypatch):
+    from cifar_lib import results as results_module
+
+    package_root, notebooks = tmp_path / "root", tmp_path / "clone" / "notebooks"
+    (tmp_path / "clone" / "results").mkdir(parents=True)
+    notebooks.mkdir()
+    monkeypatch.setattr(results_module, "ROOT", package_root)
+    monkeypatch.chdir(notebooks)
+    # installed elsewhere: the clone's folder, seen from its notebooks/ folder
+    assert results_module.shipped("results") == Path("../results")
+    (package_root / "results").mkdir(parents=True)
+    assert results_module.shipped("results") == package_root / "results"
+    # neither: the one beside the package, so that an error names it
+    assert results_module.shipped("pretrained") == package_root / "pretrained"
