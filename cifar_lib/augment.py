@@ -1,12 +1,19 @@
 """Augmentation pipelines with albumentations 2.x.
 
 Taught in ``notebooks/01_data_and_augmentation.ipynb``. The reference was written
-for albumentations 1.x; these pipelines reproduce its behaviour with 2.x arguments:
+for albumentations 1.x; these pipelines ask 2.x for the same augmentation, with one
+difference in the shift:
 
 * ``ShiftScaleRotate(shift_limit=0.1, scale_limit=0.1, rotate_limit=15)`` is
   deprecated in 2.x in favour of ``Affine``. In 1.x it filled the border by
-  reflection (``BORDER_REFLECT_101``) and scaled both axes alike, so the
-  ``Affine`` below does the same.
+  reflection (``BORDER_REFLECT_101``) and scaled both axes alike; the ``Affine``
+  below has the same scale, rotation and reflected borders. The shift is drawn as
+  the same fraction of the side, but 2.x truncates it to whole pixels toward zero
+  (``int(fraction * side)``), where 1.x shifted by the fraction itself: on 32
+  pixels the mean |shift| is 1.125 pixels instead of 1.6, and never sub-pixel.
+  This project keeps 2.x's behaviour; its batched tensor augmentation
+  (``speed.BatchAugment``) reproduces the truncation and is tested against this
+  pipeline.
 * ``CoarseDropout(max_holes=1, max_height=16, max_width=16, fill_value=0)`` is
   1.x syntax: 2.x warns that the arguments are not valid and falls back to its
   defaults (1 or 2 holes of 10-20% of the side). One 16x16 hole filled with 0 is
@@ -31,7 +38,7 @@ class AugmentationConfig:
     """The training augmentation; the defaults are the reference's."""
 
     flip_p: float = 0.5
-    shift: float = 0.1  # fraction of the side, each axis
+    shift: float = 0.1  # fraction of the side, each axis; truncated to whole pixels
     scale: float = 0.1  # +- fraction, same for both axes
     rotate: float = 15.0  # degrees, +-
     affine_p: float = 0.5
@@ -54,7 +61,9 @@ def alternate_flips(count: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def affine_transform(config: AugmentationConfig) -> A.Affine:
-    """Shift, scale and rotate as the reference's 1.x ``ShiftScaleRotate`` did."""
+    """Shift, scale and rotate like the reference's 1.x ``ShiftScaleRotate``: same
+    scale, rotation and reflected borders, but albumentations 2.x truncates the
+    shift to whole pixels toward zero, where 1.x shifted by the exact fraction."""
     return A.Affine(
         translate_percent=(-config.shift, config.shift),
         scale=(1 - config.scale, 1 + config.scale),
