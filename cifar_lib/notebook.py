@@ -1,11 +1,13 @@
 """Helpers the notebooks share, so that no notebook defines a function another needs.
 
 * ``setup``                every notebook's Setup section: seed, device, quick mode
-* ``describe_data``        which data a number was measured on (01, 03, 05)
+* ``describe_data``        which data a number was measured on (01, 05, 06)
 * ``AugmentationExplorer`` sliders over the training augmentation (01)
 * ``multiply_adds``        multiply-adds counted layer by layer with hooks (02, 04)
 * ``parameters_by_layer_type``  parameters split by kind of layer (02, 04)
+* ``multiply_adds_by_block``  torchinfo's multiply-adds added up per block (04)
 * ``load_saved_run``       the results of the last full training run, if any (05)
+* ``plateau_reductions``   where ReduceLROnPlateau lowers the rate, replayed (05)
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def setup(quick: bool, seed: int = 0, slow_without_gpu: bool = False) -> torch.d
     if slow_without_gpu and device.type == "cpu":
         print(
             "No GPU found: training runs on the CPU, where one epoch of the full "
-            "training set takes minutes. On Colab choose Runtime > Change runtime "
+            "training set takes a minute or more (about 60 s for the reference "
+            "recipe on a 2-core CPU). On Colab choose Runtime > Change runtime "
             "type > GPU."
         )
     return device
@@ -203,3 +206,46 @@ def describe_saved_run(results: dict) -> str:
             value = f"{len(value)} entries"
         lines.append(f"{key:<16} {value}")
     return "\n".join(lines)
+
+
+def multiply_adds_by_block(
+    model: nn.Module, input_size=(1, 3, 32, 32)
+) -> dict[str, int]:
+    """Multiply-adds of one image per top-level block of ``model`` (its children,
+    in order), from torchinfo's count layer by layer: the sum is torchinfo's
+    ``total_mult_adds``, which also counts each batch-norm and bias parameter once
+    (``multiply_adds`` does not). Taught in notebook 04."""
+    import torchinfo  # only the model notebook needs it
+
+    summary = torchinfo.summary(model, input_size=input_size, verbose=0)
+    by_block = {name: 0 for name, _ in model.named_children()}
+    for layer in summary.summary_list:
+        if layer.is_leaf_layer:
+            top = layer
+            while top.depth > 1:
+                top = top.parent_info
+            by_block[top.var_name] += layer.macs
+    return {name: count // input_size[0] for name, count in by_block.items()}
+
+
+def plateau_reductions(
+    accuracies: list[float], patience: int, mode: str = "max"
+) -> list[int]:
+    """The epochs (counted from 1) after which PyTorch's ``ReduceLROnPlateau``,
+    fed ``accuracies`` one epoch at a time, lowers the learning rate: once more
+    than ``patience`` epochs in a row have not beaten the best so far (by its
+    default relative threshold, 1e-4). Replays the scheduler itself on a dummy
+    optimiser, so the answer is PyTorch's. Taught in notebook 05."""
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    # factor 0.9 and no floor: the rate never stops falling within any real run
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode=mode, factor=0.9, patience=patience, min_lr=0.0
+    )
+    reductions, lr = [], 1.0
+    for epoch, accuracy in enumerate(accuracies, start=1):
+        scheduler.step(accuracy)
+        if optimizer.param_groups[0]["lr"] < lr:
+            reductions.append(epoch)
+            lr = optimizer.param_groups[0]["lr"]
+    return reductions
