@@ -163,6 +163,9 @@ def test_bundle_carries_the_results_and_weights_a_notebook_reads(tmp_path):
     assert shipped <= files_06 and "results/fast.json" in files_06
     assert "cifar_lib/colab.py" in files_06
     assert "results/ablations/fast_seed4.json" in files_06
+    files_05 = carried("05_training.ipynb")
+    assert {"pretrained/seed.pt", "results/seed.json"} <= files_05
+    assert "pretrained/fast.pt" not in files_05
     files_02 = carried("02_custom_layers.ipynb")  # reads neither
     assert all(name.startswith("cifar_lib/") for name in files_02)
 
