@@ -1235,7 +1235,16 @@ def load_pretrained(recipe: str = "fast", device: str | None = "cpu") -> nn.Modu
             f"'{path}' could not be loaded safely ({error})."
         ) from None
     model = build_model(chosen.model, dropout=chosen.dropout)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as error:  # not its weights
+        first_line = str(error).splitlines()[0]
+        raise CheckpointError(
+            f"'{path}' does not hold weights of the {recipe} recipe's model "
+            f"{chosen.model} ({first_line}); restore the shipped file (git checkout "
+            f"-- pretrained/{recipe}.pt) or train it: python -m cifar_lib train "
+            f"--recipe {recipe}."
+        ) from None
     return model.to(select_device(device)).eval()
 
 

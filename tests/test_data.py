@@ -76,6 +76,21 @@ def test_subset_and_validation_split(image_folder):
     assert len(test.dataset) == 100
 
 
+def test_validation_images_are_held_out_of_training_and_not_augmented(synthetic):
+    train, validation, _ = get_data_loaders(
+        batch_size=8, num_workers=0, arrays=synthetic, validation_size=50
+    )
+
+    def rows(images):
+        return {image.tobytes() for image in images}
+
+    trained, held = rows(train.dataset.images), rows(validation.dataset.images)
+    assert len(held) == 50 and not trained & held  # no image in both
+    assert trained | held == rows(synthetic.train_images)  # none lost
+    first, second = ([batch[0] for batch in validation] for _ in range(2))
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
 def test_augmentations_make_tensors_without_warnings():
     image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     with warnings.catch_warnings():

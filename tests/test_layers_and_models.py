@@ -183,6 +183,26 @@ def test_constraints_fail_for_too_many_parameters():
     assert "FAIL" in str(report)
 
 
+@pytest.mark.parametrize(
+    "head, why",
+    [
+        # a 1x1 convolution as the classifier after the GAP, no linear layer
+        ([nn.AdaptiveAvgPool2d(1), nn.Conv2d(52, 10, 1), nn.Flatten()], "conv"),
+        # no global average pooling: the 4x4 map flattened into the linear layer
+        ([nn.Flatten(), nn.Linear(52 * 4 * 4, 10)], "no global average pooling"),
+    ],
+    ids=["conv-after-gap", "no-gap"],
+)
+def test_constraints_fail_without_gap_then_fully_connected(head, why):
+    reference = CIFAR10Netv2()
+    body = [reference.block1, reference.transition1, reference.block2]
+    body += [reference.transition2, reference.block3, reference.transition3]
+    report = check_constraints(nn.Sequential(*body, reference.block4, *head))
+    check = report["global average pooling then fully connected"]
+    assert not check.passed and why in check.detail and not report.passed
+    assert report["dilated convolution"].passed  # the rest is the reference's
+
+
 def test_depthwise_resnet_is_built_of_separable_blocks():
     """CIFAR10DepthwiseResNet: three residual blocks per stage, each a 5x5
     depthwise then a 1x1 convolution; one dilated block, at 16x16; GELU only."""

@@ -2,6 +2,7 @@
 
 import copy
 import functools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -567,6 +568,9 @@ def test_keep_freed_memory_lets_later_blocks_reuse_the_pages():
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         assert not speed.keep_freed_memory()
         pytest.skip("glibc's malloc only")
+    huge_pages = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if huge_pages.is_file() and "[always]" in huge_pages.read_text():
+        pytest.skip("transparent huge pages always on: blocks fault in 2 MB at once")
 
     def faults(mode):
         out = subprocess.run(
