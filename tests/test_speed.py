@@ -209,6 +209,37 @@ def test_batch_augment_matches_albumentations_in_distribution(config):
     assert far[0] > 2 * 0.008 or far[1] > 2 * 0.006 or far[2] > 2 * 0.006
 
 
+@pytest.mark.parametrize(
+    "dx, dy, scale, degrees", [(3, -2, 1.1, 10.0), (-3, 2, 0.9, -15.0)]
+)
+def test_batch_augment_warps_each_pixel_as_albumentations_does(dx, dy, scale, degrees):
+    """One fixed shift, scale and rotation: the tensor warp gives albumentations'
+    pixels (up to its rounding to uint8), borders reflected as OpenCV's
+    BORDER_REFLECT_101 does. (albumentations turns the image by -degrees in the
+    tensor code's convention; the drawn angles are symmetric, so the distribution
+    is the same.) A distribution test cannot see a border one pixel off."""
+    import albumentations as A
+    import cv2
+
+    rows, columns = np.mgrid[0:32, 0:32]
+    smooth = 127 + 60 * np.sin(columns / 5.0) + 50 * np.cos(rows / 4.0 + 1)
+    image = np.stack([smooth, smooth[::-1], smooth[:, ::-1]], -1).astype(np.uint8)
+    affine = A.Affine(
+        translate_px={"x": dx, "y": dy},
+        scale=scale,
+        rotate=degrees,
+        border_mode=cv2.BORDER_REFLECT_101,
+        p=1.0,
+    )
+    expected = A.Compose([affine], seed=0)(image=image)["image"].astype(np.float32)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    shift = torch.tensor([[dx / 32, dy / 32]])
+    angle = torch.deg2rad(torch.tensor([-degrees]))
+    warped = speed._warp(x, shift, torch.tensor([scale]), angle)
+    difference = np.abs(warped[0].permute(1, 2, 0).numpy() - expected)
+    assert difference.max() <= 1.0 and difference.mean() < 0.3
+
+
 def test_batch_augment_flip_and_hole_rates():
     count = 4000
     half = np.zeros((32, 32, 3), np.uint8)
