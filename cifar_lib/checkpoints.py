@@ -51,8 +51,9 @@ def load(path: str | os.PathLike, kind: str | None = None) -> dict:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
             f"'{path}' is not a checkpoint of this project (no '{FORMAT}' marker); "
-            "use a file written by cifar_lib, or a plain state dict with "
-            "load_pretrained()."
+            "use a file written by cifar_lib (a run's best_model.pt); the shipped "
+            "weights in pretrained/ are named by their recipe (--teacher best, "
+            "load_pretrained('best'))."
         )
     if kind is not None and payload.get("kind") != kind:
         raise CheckpointError(

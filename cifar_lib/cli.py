@@ -285,6 +285,10 @@ def _bench(args: argparse.Namespace) -> None:
     from cifar_lib.errors import ConfigError
     from cifar_lib.train import get_recipe, select_device
 
+    if args.out and Path(args.out).is_dir():
+        raise ConfigError(
+            f"--out {args.out} is a folder; give the path of a JSON file to write."
+        )
     if args.out and not Path(args.out).resolve().parent.is_dir():
         raise ConfigError(
             f"--out {args.out}: the folder {Path(args.out).parent} does not exist; "
@@ -426,17 +430,44 @@ def main(argv: list[str] | None = None) -> int:
     # albumentations asks PyPI for a newer version at import; offline that only
     # prints warnings before the command's own output.
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    args = build_parser().parse_args(argv)
+    args = None
     try:
+        args = build_parser().parse_args(argv)  # imports torch: Ctrl-C lands here too
         {"train": _train, "summary": _summary, "bench": _bench}[args.command](args)
     except CifarLibError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(
-            "\nInterrupted. Every finished epoch is saved; continue with "
-            "'python -m cifar_lib train --resume RUN_FOLDER'.",
-            file=sys.stderr,
-        )
+    except BaseException as error:
+        if not _interrupted(error):
+            raise
+        print(f"\nInterrupted. {_what_was_saved(args)}", file=sys.stderr)
         return 130
     return 0
+
+
+def _interrupted(error: BaseException | None) -> bool:
+    """Whether ``error`` is Ctrl-C, or was raised because of it: an interrupt
+    that arrives inside a compiled Numba kernel comes out as a SystemError whose
+    cause is the KeyboardInterrupt."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _what_was_saved(args: argparse.Namespace | None) -> str:
+    """The sentence after 'Interrupted.': how to continue a training run."""
+    if args is None or args.command != "train":
+        return "Nothing was written."
+    from pathlib import Path
+
+    folder = Path(args.resume or args.out or "runs/latest")
+    if not (folder / "checkpoint.pt").is_file():
+        return f"No epoch had finished, so '{folder}' holds no checkpoint to resume."
+    return (
+        "Every finished epoch is saved; continue with "
+        f"'python -m cifar_lib train --resume {folder}'."
+    )

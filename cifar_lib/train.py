@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -632,6 +633,11 @@ def train(
     watch.mark("teacher")
     if arrays is None:
         arrays = load_cifar10(data_dir)
+    if subset is not None and subset > len(arrays.train_images):
+        raise ConfigError(
+            f"subset = {subset:,} is more than the {len(arrays.train_images):,} "
+            f"training images in {arrays.location}; give at most that many."
+        )
     watch.mark("data")
     _prepare_run_folder(run_dir, overwrite, remove=True)
     try:
@@ -650,6 +656,7 @@ def train(
                 "location": arrays.location,
                 "subset": subset,
                 "num_workers": num_workers,
+                **_data_fingerprint(arrays),
             },
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "machine": provenance(torch_device),  # starts CUDA, naming the GPU
@@ -707,6 +714,16 @@ def resume(
                 f"'{run_dir}' was trained on in-memory data; pass the same arrays."
             )
         arrays = load_cifar10(data_dir or location)
+    recorded = {key: data[key] for key in _data_fingerprint(arrays) if key in data}
+    found = {key: _data_fingerprint(arrays)[key] for key in recorded}
+    if found != recorded:  # (run folders from before the fingerprint have none)
+        raise RunFolderError(
+            f"the data in {arrays.location} is not what '{run_dir}' trained on "
+            f"({found['train_images']:,} training and {found['test_images']:,} test "
+            f"images, labels {found['labels']}; the run's: "
+            f"{recorded['train_images']:,}, {recorded['test_images']:,}, "
+            f"{recorded['labels']}); give --data-dir the copy it started with."
+        )
     watch.mark("data")
     return _fit(
         recipe,
@@ -720,6 +737,18 @@ def resume(
         watch,
         teacher,
     )
+
+
+def _data_fingerprint(arrays: CIFAR10Arrays) -> dict:
+    """What run.json keeps of the data, so that a resumed run can tell the same
+    data from other data: the numbers of images and a digest of the labels in
+    their order (which differs between copies laid out differently)."""
+    labels = np.concatenate([arrays.train_labels, arrays.test_labels]).astype(np.int64)
+    return {
+        "train_images": len(arrays.train_images),
+        "test_images": len(arrays.test_images),
+        "labels": hashlib.sha256(labels.tobytes()).hexdigest()[:16],
+    }
 
 
 class Stopwatch:
@@ -1092,6 +1121,10 @@ def _train_and_evaluate(run: _Run, epoch: int) -> dict:
     test_loss, test_accuracy = evaluate(
         run.evaluated, run.test_loader, run.device, channels_last=recipe.channels_last
     )
+    if not math.isfinite(test_loss):  # weights gone bad with a finite training loss
+        raise TrainingDivergedError(
+            f"the test loss became {test_loss} in epoch {epoch}"
+        )
     extra = {}
     if run.ema is not None:
         _, raw_accuracy = evaluate(
@@ -1218,7 +1251,11 @@ PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
 def load_pretrained(recipe: str = "fast", device: str | None = "cpu") -> nn.Module:
     """The model of ``recipe`` with the weights shipped in ``pretrained/<recipe>.pt``
     (recorded from a full run; its figures are in ``results/<recipe>.json``), ready
-    to evaluate. Loaded with ``weights_only=True``: the file holds tensors only."""
+    to evaluate. Loaded with ``weights_only=True``: the file holds tensors only.
+    The model expects what training gave it: images scaled to [0, 1] and then
+    normalised with ``data.CIFAR10_MEAN`` and ``data.CIFAR10_STD``
+    (``augment.build_test_transform``, or the test loader of ``get_data_loaders``);
+    fed images in [0, 1] alone, it scores near chance."""
     from cifar_lib.errors import CheckpointError
 
     chosen = get_recipe(recipe)

@@ -124,6 +124,7 @@ def test_help_explains_every_option():
         (["--ema", "1"], "1.0 is out of range: give a decay in [0, 1)"),
         (["--ema", "x"], "'x' is not a number"),
         (["--label-smoothing", "1"], "1.0 is out of range: give a fraction in [0, 1)"),
+        (["--subset", "5000"], "subset = 5,000 is more than the 300 training images"),
     ],
 )
 def test_bad_options_exit_non_zero_with_one_sentence(
@@ -186,6 +187,64 @@ def test_resume_refuses_changed_settings(tmp_path, capsys, option):
 def test_bench_refuses_an_output_in_a_missing_folder(tmp_path, capsys):
     assert main(["bench", "--out", str(tmp_path / "no" / "x.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["bench", "--out", str(tmp_path)]) == 2  # before, not after, the work
+    assert f"--out {tmp_path} is a folder" in capsys.readouterr().err
+
+
+def test_ctrl_c_inside_a_compiled_kernel_is_an_interruption(monkeypatch, capsys):
+    """Ctrl-C inside a Numba kernel comes out as a SystemError caused by the
+    KeyboardInterrupt: one sentence and exit 130, not a traceback."""
+    from cifar_lib import cli
+
+    def interrupted_kernel(args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as interrupt:
+            raise SystemError("returned a result with an exception set") from interrupt
+
+    monkeypatch.setattr(cli, "_summary", interrupted_kernel)
+    assert main(["summary"]) == 130
+    assert capsys.readouterr().err == "\nInterrupted. Nothing was written.\n"
+
+    def broken(args):
+        raise SystemError("a real bug")
+
+    monkeypatch.setattr(cli, "_summary", broken)
+    with pytest.raises(SystemError, match="a real bug"):  # not taken for Ctrl-C
+        main(["summary"])
+
+
+def test_ctrl_c_names_the_run_folder_to_resume(tmp_path, monkeypatch, capsys):
+    from cifar_lib import cli
+
+    def interrupt(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_train", interrupt)
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out)]) == 130
+    assert f"'{out}' holds no checkpoint to resume" in capsys.readouterr().err
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"")
+    assert main(["train", "--out", str(out)]) == 130
+    assert f"train --resume {out}'" in capsys.readouterr().err
+
+
+def test_resume_refuses_other_data(tmp_path, capsys, image_folder, synthetic):
+    from cifar_lib.data import save_image_folder
+
+    run = tmp_path / "run"
+    argv = ["train", "--data-dir", image_folder, "--out", str(run), "--epochs", "1"]
+    assert main([*argv, "--subset", "60", "--no-progress"]) == 0
+    fewer = tmp_path / "fewer"  # the same classes, a third of the training images
+    save_image_folder(
+        fewer, synthetic.train_images[::3], synthetic.train_labels[::3], "train"
+    )
+    save_image_folder(fewer, synthetic.test_images, synthetic.test_labels, "test")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--data-dir", str(fewer)]) == 2
+    err = capsys.readouterr().err
+    assert "is not what" in err and "100 training" in err and "300" in err
 
 
 def _wait_for(predicate, process, timeout=240):

@@ -183,6 +183,26 @@ def test_flip_test_time_augmentation_averages_an_image_and_its_mirror():
     assert loss != pytest.approx(plain)
 
 
+def test_a_test_loss_gone_bad_stops_before_the_epoch_is_saved(
+    tmp_path, synthetic, monkeypatch
+):
+    """Weights can turn to NaN or infinity while the training loss of the epoch
+    stays finite: the evaluation finds it, and the bad epoch is not saved."""
+    real_evaluate, calls = training.evaluate, []
+
+    def evaluate(*args, **kwargs):
+        calls.append(1)
+        loss, accuracy = real_evaluate(*args, **kwargs)
+        return (float("nan"), 0.1) if len(calls) > 1 else (loss, accuracy)
+
+    monkeypatch.setattr(training, "evaluate", evaluate)  # bad from epoch 2 on
+    with pytest.raises(TrainingDivergedError, match="test loss became nan in epoch 2"):
+        fit(quick(epochs=3, ema=0.0), tmp_path, synthetic)
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1]  # the last good epoch's files
+    assert checkpoints.load(tmp_path / "checkpoint.pt")["history"] == history
+
+
 def test_resuming_a_finished_run_changes_nothing(tmp_path, synthetic):
     fit(quick(epochs=1), tmp_path, synthetic)
     before = (tmp_path / "final_model.pt").read_bytes()
