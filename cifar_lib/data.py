@@ -103,10 +103,33 @@ def load_cifar10(
 # --- torchvision's format --------------------------------------------------------
 
 
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` (itself included) that does not exist yet."""
+    missing = None
+    for folder in (path.resolve(), *path.resolve().parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def _remove_if_empty(folder: Path | None) -> None:
+    """Remove ``folder`` if it holds folders only, no file (what a download that
+    failed before writing anything leaves)."""
+    if folder is None or not folder.is_dir():
+        return
+    if any(path.is_file() or path.is_symlink() for path in folder.rglob("*")):
+        return
+    for path in sorted(folder.rglob("*"), reverse=True):  # deepest first
+        path.rmdir()
+    folder.rmdir()
+
+
 def _load_torchvision(root: Path, download: bool) -> CIFAR10Arrays:
     from torchvision.datasets import CIFAR10
 
     have_files = (root / "cifar-10-batches-py").is_dir()
+    created = _first_missing(root)  # the download makes it, and its parents
     try:
         splits = [
             CIFAR10(str(root), train=train, download=download and not have_files)
@@ -115,6 +138,7 @@ def _load_torchvision(root: Path, download: bool) -> CIFAR10Arrays:
     except (urllib.error.URLError, OSError, ConnectionError) as error:
         if have_files:
             raise _corrupted(root, error) from None
+        _remove_if_empty(created)  # a failed download leaves no empty folders behind
         raise DatasetError(
             f"CIFAR-10 is not in '{root}' and could not be downloaded ({error}); "
             f"put a copy there ({LAYOUT_HELP}), or pass --data-dir / set "

@@ -144,11 +144,16 @@ def test_missing_dataset_without_network_says_where_to_put_it(tmp_path, monkeypa
     from torchvision.datasets import CIFAR10
 
     def no_network(self):
+        Path(self.root).mkdir(parents=True, exist_ok=True)  # as torchvision does
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(CIFAR10, "download", no_network)
     with pytest.raises(DatasetError, match="could not be downloaded.*put a copy there"):
         load_cifar10(tmp_path)
+    assert tmp_path.is_dir()  # it was there before
+    with pytest.raises(DatasetError, match="could not be downloaded"):
+        load_cifar10(tmp_path / "mistyped" / "data")
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 def test_folder_without_test_split(writable_folder):
