@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,15 @@ def load(path: str | os.PathLike, kind: str | None = None) -> dict:
     if not path.is_file():
         raise CheckpointError(f"'{path}' does not exist; check the path.")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+        with warnings.catch_warnings():  # a file that is not a pickle says so below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "GLOBAL" not in str(error):  # a broken file, not code it would run
+            raise CheckpointError(
+                f"'{path}' is not a readable PyTorch checkpoint (UnpicklingError); "
+                "it may be truncated or not a checkpoint at all."
+            ) from None
         raise CheckpointError(
             f"'{path}' was refused: loading it would need to run code stored in the "
             "file, which a weights-only load never does; use a checkpoint written "

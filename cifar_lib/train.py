@@ -46,7 +46,12 @@ from cifar_lib.data import (
     take_subset,
 )
 from cifar_lib.distill import DistillationLoss, freeze
-from cifar_lib.errors import ConfigError, RunFolderError, TrainingDivergedError
+from cifar_lib.errors import (
+    CheckpointError,
+    ConfigError,
+    RunFolderError,
+    TrainingDivergedError,
+)
 from cifar_lib.files import atomic_save_figure, atomic_write_json
 from cifar_lib.graphs import TrainStep, graph_unsupported
 from cifar_lib.models import MODELS, build_model, within_rules
@@ -849,13 +854,21 @@ def _fit(
     state_path = run_dir / "checkpoint.pt"
     if state_path.exists():
         state = checkpoints.load(state_path, checkpoints.TRAINING_STATE)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"] and run.scaler.is_enabled():  # empty when saved on a CPU
-            run.scaler.load_state_dict(state["scaler"])
-        if run.ema is not None:
-            run.ema.load_state_dict(state["ema"])
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if state["scaler"] and run.scaler.is_enabled():  # empty when saved on CPU
+                run.scaler.load_state_dict(state["scaler"])
+            if run.ema is not None:
+                run.ema.load_state_dict(state["ema"])
+        except (RuntimeError, KeyError, ValueError) as error:
+            first_line = str(error).splitlines()[0]
+            raise CheckpointError(
+                f"'{state_path}' does not fit the recipe in '{run_dir / 'run.json'}' "
+                f"({type(error).__name__}: {first_line}); the two files must come "
+                "from the same run: restore run.json, or start a new run."
+            ) from None
         checkpoints.restore_random_states(state["random_states"])
         run.history = list(state["history"])
         run.best_accuracy = float(state["best_accuracy"])

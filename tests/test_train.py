@@ -1,6 +1,7 @@
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -365,6 +366,25 @@ def test_shipped_weights_of_another_model_are_refused_in_a_sentence(
     torch.save([1, 2], tmp_path / "best.pt")  # not a state dict at all
     with pytest.raises(CheckpointError, match="does not hold weights of the best"):
         training.load_pretrained("best")
+
+
+def test_random_bytes_are_not_taken_for_code(tmp_path):
+    path = tmp_path / "noise.pt"
+    generator = np.random.default_rng(0)
+    for _ in range(20):  # some fail as pickles, some as archives
+        path.write_bytes(generator.bytes(1000))
+        with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+            checkpoints.load(path)
+
+
+def test_a_checkpoint_of_another_model_is_refused_on_resume(tmp_path, synthetic):
+    fit(quick(epochs=1, target=1.0), tmp_path, synthetic)
+    settings = json.loads((tmp_path / "run.json").read_text())
+    settings["recipe"]["model"] = "CIFAR10ResNet"  # run.json edited by hand
+    settings["recipe"]["epochs"] = 2
+    (tmp_path / "run.json").write_text(json.dumps(settings))
+    with pytest.raises(CheckpointError, match="does not fit the recipe in"):
+        resume(tmp_path, arrays=synthetic, progress=False, log=quiet)
 
 
 def test_a_weights_file_is_not_resumed_as_a_checkpoint(tmp_path, synthetic):
