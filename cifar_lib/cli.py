@@ -164,19 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=_decay,
         metavar="DECAY",
         help="decay per step of the moving average of the weights that is evaluated "
-        "and saved; it spans about 1/(1 - DECAY) steps; 0 for none (default: the "
-        "recipe's: "
-        + ", ".join(f"{name} {recipe.ema:g}" for name, recipe in RECIPES.items())
-        + ")",
+        "and saved; it spans about 1/(1 - DECAY) steps; 0 for none"
+        + recipes_say("ema"),
     )
     train.add_argument(
         "--label-smoothing",
         type=_smoothing,
         metavar="EPS",
         help="train towards the one-hot labels mixed with EPS of the uniform "
-        "distribution over the 10 classes (default: the recipe's: "
-        + ", ".join(f"{n} {r.label_smoothing:g}" for n, r in RECIPES.items())
-        + ")",
+        "distribution over the 10 classes" + recipes_say("label_smoothing"),
     )
     train.add_argument(
         "--target",
