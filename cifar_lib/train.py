@@ -719,9 +719,9 @@ def resume(
                 f"'{run_dir}' was trained on in-memory data; pass the same arrays."
             )
         arrays = load_cifar10(data_dir or location)
-    recorded = {key: data[key] for key in _data_fingerprint(arrays) if key in data}
-    found = {key: _data_fingerprint(arrays)[key] for key in recorded}
-    if found != recorded:  # (run folders from before the fingerprint have none)
+    found = _data_fingerprint(arrays)
+    recorded = {key: data.get(key, found[key]) for key in found}  # older runs: none
+    if found != recorded:
         raise RunFolderError(
             f"the data in {arrays.location} is not what '{run_dir}' trained on "
             f"({found['train_images']:,} training and {found['test_images']:,} test "
