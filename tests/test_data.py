@@ -172,6 +172,28 @@ def test_unknown_class_folder(writable_folder):
         load_cifar10(writable_folder)
 
 
+def test_missing_class_folder(writable_folder):
+    import shutil
+
+    shutil.rmtree(Path(writable_folder, "test", "frog"))
+    with pytest.raises(DatasetError, match=r"missing class folders \['frog'\]"):
+        load_cifar10(writable_folder)
+
+
+def test_a_file_where_a_class_folder_belongs(writable_folder):
+    import shutil
+
+    shutil.rmtree(Path(writable_folder, "train", "ship"))
+    Path(writable_folder, "train", "ship").write_text("not a folder")
+    with pytest.raises(DatasetError, match="ship' is a file, not a class folder"):
+        load_cifar10(writable_folder)
+
+
+def test_missing_dataset_with_download_off_says_so(tmp_path):
+    with pytest.raises(DatasetError, match="download is off; put a copy there"):
+        load_cifar10(tmp_path, download=False)
+
+
 def test_empty_class_folder(writable_folder):
     for file in Path(writable_folder, "test", "cat").iterdir():
         file.unlink()

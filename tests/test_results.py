@@ -180,3 +180,45 @@ def test_shipped_prefers_the_folder_beside_the_package(tmp_path, monkeypatch):
     assert results_module.shipped("results") == package_root / "results"
     # neither: the one beside the package, so that an error names it
     assert results_module.shipped("pretrained") == package_root / "pretrained"
+
+
+def test_check_reports_a_stale_readme_without_writing(tmp_path, monkeypatch, capsys):
+    from cifar_lib import results as results_module
+
+    fresh = updated_readme((ROOT / "README.md").read_text())
+    (tmp_path / "README.md").write_text(fresh)
+    monkeypatch.setattr(results_module, "ROOT", tmp_path)
+    assert results_module.main(["--check"]) == 0
+    assert capsys.readouterr().out == "up to date\n"
+    stale = fresh.replace("**Training runs.**", "**Training runs (old).**")
+    assert stale != fresh
+    (tmp_path / "README.md").write_text(stale)
+    assert results_module.main(["--check"]) == 1
+    assert "stale" in capsys.readouterr().out
+    assert (tmp_path / "README.md").read_text() == stale  # --check writes nothing
+    assert results_module.main([]) == 0
+    assert (tmp_path / "README.md").read_text() == fresh
+
+
+def test_an_unfinished_run_is_not_recorded(tmp_path, synthetic, monkeypatch):
+    import pytest
+
+    from cifar_lib import train as training
+    from cifar_lib.results import record_run
+
+    real_epoch = training.train_one_epoch
+
+    def stopped(*args, epoch, **kwargs):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, epoch=epoch, **kwargs)
+
+    monkeypatch.setattr(training, "train_one_epoch", stopped)
+    recipe = training.get_recipe("seed", epochs=2, batch_size=32, target=1.0)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(
+            recipe, out=tmp_path / "run", arrays=synthetic, progress=False, log=print
+        )
+    with pytest.raises(ValueError, match="has not finished; resume it first"):
+        record_run(tmp_path / "run", tmp_path / "results", tmp_path / "pretrained")
+    assert not (tmp_path / "results").exists()
