@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import urllib.error
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -118,11 +119,8 @@ def _remove_if_empty(folder: Path | None) -> None:
     failed before writing anything leaves)."""
     if folder is None or not folder.is_dir():
         return
-    if any(path.is_file() or path.is_symlink() for path in folder.rglob("*")):
-        return
-    for path in sorted(folder.rglob("*"), reverse=True):  # deepest first
-        path.rmdir()
-    folder.rmdir()
+    if not any(path.is_file() or path.is_symlink() for path in folder.rglob("*")):
+        shutil.rmtree(folder)
 
 
 def _load_torchvision(root: Path, download: bool) -> CIFAR10Arrays:

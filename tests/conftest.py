@@ -51,6 +51,30 @@ def _private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("CIFAR_LIB_DATA_DIR", raising=False)
 
 
+@pytest.fixture
+def interrupt_at_epoch(monkeypatch):
+    """``interrupt_at_epoch(2)``: every training until ``restore()`` is stopped by
+    Ctrl-C when it begins epoch 2 (``after_training=True``: once epoch 2 has
+    trained, its weights moved, before it is evaluated or saved); returns
+    ``restore``."""
+    from cifar_lib import train as training
+
+    real_epoch = training.train_one_epoch
+
+    def interrupt(stop: int, after_training: bool = False):
+        def interrupted(*args, epoch, **kwargs):
+            if epoch == stop:
+                if after_training:
+                    real_epoch(*args, epoch=epoch, **kwargs)
+                raise KeyboardInterrupt
+            return real_epoch(*args, epoch=epoch, **kwargs)
+
+        monkeypatch.setattr(training, "train_one_epoch", interrupted)
+        return lambda: monkeypatch.setattr(training, "train_one_epoch", real_epoch)
+
+    return interrupt
+
+
 @pytest.fixture(scope="session")
 def synthetic():
     return make_synthetic_cifar(train_per_class=30, test_per_class=10, seed=0)

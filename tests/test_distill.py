@@ -185,20 +185,15 @@ def test_one_step_with_a_teacher_adds_the_distillation_loss(synthetic):
         training.make_train_step(recipe, student, optimizer, device)
 
 
-def test_a_distilled_run_resumes_with_its_teacher(tmp_path, synthetic, monkeypatch):
+def test_a_distilled_run_resumes_with_its_teacher(
+    tmp_path, synthetic, interrupt_at_epoch
+):
     recipe = quick(epochs=2, teacher=str(one_epoch_teacher(tmp_path, synthetic)))
     whole = fit(recipe, tmp_path / "whole", synthetic)
-    real_epoch = training.train_one_epoch
-
-    def interrupted(*args, epoch, **kwargs):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, epoch=epoch, **kwargs)
-
-    monkeypatch.setattr(training, "train_one_epoch", interrupted)
+    restore = interrupt_at_epoch(2)
     with pytest.raises(KeyboardInterrupt):
         fit(recipe, tmp_path / "cut", synthetic)
-    monkeypatch.setattr(training, "train_one_epoch", real_epoch)
+    restore()
     resumed = resume(tmp_path / "cut", arrays=synthetic, progress=False, log=quiet)
     strip = lambda h: [{k: v for k, v in r.items() if "seconds" not in k} for r in h]  # noqa: E731
     assert strip(resumed.history) == strip(whole.history)

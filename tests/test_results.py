@@ -200,20 +200,13 @@ def test_check_reports_a_stale_readme_without_writing(tmp_path, monkeypatch, cap
     assert (tmp_path / "README.md").read_text() == fresh
 
 
-def test_an_unfinished_run_is_not_recorded(tmp_path, synthetic, monkeypatch):
+def test_an_unfinished_run_is_not_recorded(tmp_path, synthetic, interrupt_at_epoch):
     import pytest
 
     from cifar_lib import train as training
     from cifar_lib.results import record_run
 
-    real_epoch = training.train_one_epoch
-
-    def stopped(*args, epoch, **kwargs):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, epoch=epoch, **kwargs)
-
-    monkeypatch.setattr(training, "train_one_epoch", stopped)
+    interrupt_at_epoch(2)
     recipe = training.get_recipe("seed", epochs=2, batch_size=32, target=1.0)
     with pytest.raises(KeyboardInterrupt):
         training.train(

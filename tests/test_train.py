@@ -117,25 +117,18 @@ def test_stops_once_the_target_is_reached(tmp_path, synthetic):
 
 @pytest.mark.parametrize("extras", [{}, {"ema": 0.9, "whiten_stem": True}])
 def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(
-    tmp_path, synthetic, monkeypatch, extras
+    tmp_path, synthetic, interrupt_at_epoch, extras
 ):
     recipe = quick(epochs=3, **extras)
     whole = fit(recipe, tmp_path / "whole", synthetic)
 
-    real_epoch = training.train_one_epoch
-
-    def interrupted(*args, epoch, **kwargs):
-        if epoch == 2:  # half-way through epoch 2: the weights have moved already
-            real_epoch(*args, epoch=epoch, **kwargs)
-            raise KeyboardInterrupt
-        return real_epoch(*args, epoch=epoch, **kwargs)
-
-    monkeypatch.setattr(training, "train_one_epoch", interrupted)
+    # half-way through epoch 2: the weights have moved already
+    restore = interrupt_at_epoch(2, after_training=True)
     with pytest.raises(KeyboardInterrupt):
         fit(recipe, tmp_path / "cut", synthetic)
     assert len(json.loads((tmp_path / "cut" / "history.json").read_text())) == 1
     assert not (tmp_path / "cut" / "final_model.pt").exists()
-    monkeypatch.setattr(training, "train_one_epoch", real_epoch)
+    restore()
 
     resumed = resume(tmp_path / "cut", arrays=synthetic, progress=False, log=quiet)
     assert comparable(resumed.history) == comparable(whole.history)
