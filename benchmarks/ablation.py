@@ -50,11 +50,12 @@ def record(
     arrays,
     machine: dict | None = None,
     data: str | None = None,
-    prepare_seconds: float | None = None,
+    preparation: dict | None = None,
 ) -> None:
     """``machine``: where the run trained (its run.json), if not here and now;
     ``data``: how to name the data (default: described from ``arrays``);
-    ``prepare_seconds``: the run's time to get ready to train, where known."""
+    ``preparation``: the run's time to get ready to train, where known
+    (``prepare_seconds``, and its parts in ``prepare_parts``, from its run.json)."""
     atomic_write_json(
         out_dir / f"{name}.json",
         {
@@ -64,7 +65,7 @@ def record(
             "runs": 1,
             "recipe_settings": recipe,
             "best_accuracy": max(row["test_accuracy"] for row in history),
-            **({} if prepare_seconds is None else {"prepare_seconds": prepare_seconds}),
+            **(preparation or {}),
             "history": history,
         },
     )
@@ -146,7 +147,11 @@ def main() -> None:
             arrays,
             machine,
             args.data,
-            settings.get("prepare_seconds"),
+            {
+                key: settings[key]
+                for key in ("prepare_seconds", "prepare_parts")
+                if key in settings
+            },
         )
         return
     if args.from_log:

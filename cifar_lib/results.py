@@ -396,12 +396,12 @@ def record_run(
         "seconds_to_85": round(reached[1], 1) if reached else None,
         "total_seconds": round(seconds, 1),
         # the time to get ready to train, before the first epoch (runs of 2026-11-27
-        # and later)
-        **(
-            {"prepare_seconds": settings["prepare_seconds"]}
-            if "prepare_seconds" in settings
-            else {}
-        ),
+        # and later), and its parts (runs of 2026-11-28 and later)
+        **{
+            key: settings[key]
+            for key in ("prepare_seconds", "prepare_parts")
+            if key in settings
+        },
         "subset": settings["data"]["subset"],
         "recipe_settings": recipe,
         "history": history,

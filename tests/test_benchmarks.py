@@ -227,7 +227,7 @@ def test_a_run_folder_is_recorded_with_its_time_to_get_ready(
     tmp_path, synthetic, image_folder, load_script, monkeypatch
 ):
     """ablation.py --from-run keeps the history, the machine and the seconds the
-    run took to get ready to train (the GPU target counts them)."""
+    run took to get ready to train, with their parts (the GPU target counts them)."""
     import sys
 
     from cifar_lib.train import get_recipe, train
@@ -244,6 +244,8 @@ def test_a_run_folder_is_recorded_with_its_time_to_get_ready(
     ablation.main()
     recorded = json.loads((tmp_path / "results/ablations/tiny.json").read_text())
     assert recorded["prepare_seconds"] == settings["prepare_seconds"]
+    assert recorded["prepare_parts"] == settings["prepare_parts"]
+    assert set(recorded["prepare_parts"]) >= {"data", "model", "optimizer"}
     assert recorded["history"] == json.loads(
         (tmp_path / "run" / "history.json").read_text()
     )

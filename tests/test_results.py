@@ -147,8 +147,9 @@ def test_record_run_writes_results_and_loadable_weights(tmp_path, image_folder):
     assert abs(saved["best_accuracy"] - best) < 1e-4
     assert 0 <= saved["best_accuracy_flip_tta"] <= 1
     assert saved["parameters"] == 181_942 and len(saved["history"]) == 2
-    prepared = json.loads((run / "run.json").read_text())["prepare_seconds"]
-    assert saved["prepare_seconds"] == prepared > 0
+    settings = json.loads((run / "run.json").read_text())
+    assert saved["prepare_seconds"] == settings["prepare_seconds"] > 0
+    assert saved["prepare_parts"] == settings["prepare_parts"]
     state = torch.load(tmp_path / "pretrained" / "seed.pt", weights_only=True)
     build_model("CIFAR10Netv2").load_state_dict(state)
     table = results_markdown(tmp_path / "results")

@@ -17,11 +17,13 @@
 # TEACHER_EPOCHS defaults to 150. In the fifth session (results/gpu/README.md) a
 # teacher of 40 epochs (1.13 s each after the first, 91.16%) taught the best
 # recipe to 91.45% in 183 epochs; the teacher's epoch costs little beside the
-# student's (1.77 s). The second form teaches with a carried weights file instead;
-# TEACHER_HISTORY (its run's history.json, or its record in results/ablations/)
-# tells fit_epochs.py what its forward passes cost. Output in $OUT as
-# gpu_best.sh's (session.log, runs.tgz with teacher/ and best_distilled/, or
-# teacher_2/ and best_distilled_2/ on a machine where an earlier call left them).
+# student's (1.77 s). In the sixth, a teacher of 150 epochs (92.09% after its last)
+# taught it to 91.76% in the 106 epochs that fitted. The second form teaches with
+# a carried weights file instead; TEACHER_HISTORY (its run's history.json, or its
+# record in results/ablations/) tells fit_epochs.py what its forward passes cost.
+# Output in $OUT as gpu_best.sh's (session.log, runs.tgz with teacher/ and
+# best_distilled/, or teacher_2/ and best_distilled_2/ on a machine where an
+# earlier call left them).
 LIMIT=${1:-580}
 TEACHER_EPOCHS=${2:-150}
 HISTORY=${3:-}
