@@ -63,6 +63,13 @@ def load(path: str | os.PathLike, kind: str | None = None) -> dict:
             "weights in pretrained/ are named by their recipe (--teacher best, "
             "load_pretrained('best'))."
         )
+    if kind == WEIGHTS and payload.get("kind") == TRAINING_STATE:
+        raise CheckpointError(
+            f"'{path}' is a run's training state, kept for --resume: its raw weights "
+            "are not the ones the run evaluated and saved (the average of the "
+            "weights, where the recipe keeps one); give the run's best_model.pt or "
+            "final_model.pt instead."
+        )
     if kind is not None and payload.get("kind") != kind:
         raise CheckpointError(
             f"'{path}' holds {payload.get('kind')}, not {kind}; pick the right file."
@@ -107,7 +114,7 @@ def restore_random_states(states: dict) -> None:
 def load_weights(model: nn.Module, path: str | os.PathLike) -> dict:
     """Load a ``best_model.pt`` / ``final_model.pt`` into ``model``; returns the
     file's metadata (recipe, epoch, accuracy)."""
-    payload = load(path)
+    payload = load(path, kind=WEIGHTS)
     state = payload["model"] if "model" in payload else None
     if state is None:
         raise CheckpointError(f"'{path}' holds no model weights.")

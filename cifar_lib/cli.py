@@ -407,6 +407,14 @@ def _train(args: argparse.Namespace) -> None:
         changes = augmentation_changes(args.augmentation)
         overrides["augmentation"] = dataclasses.replace(shipped.augmentation, **changes)
     recipe = dataclasses.replace(shipped, **overrides)
+    if args.workers is not None and recipe.augmentation_backend == "tensor":
+        print(
+            f"note: --workers {args.workers} has no effect: the {recipe.name} recipe "
+            "augments whole batches as tensors in this process (worker processes "
+            "serve the albumentations backend, reference_implementation(recipe) in "
+            "Python).",
+            file=sys.stderr,
+        )
     train(
         recipe,
         out=args.out or "runs/latest",

@@ -396,6 +396,11 @@ def select_device(name: str | None = None) -> torch.device:
                 f"device {name!r} does not exist: this machine has "
                 f"{torch.cuda.device_count()} CUDA GPU(s)."
             )
+    elif device.type == "cpu" and device.index not in (None, 0):
+        raise ConfigError(
+            f"device {name!r}: PyTorch sees all the CPU's cores as one device, 'cpu' "
+            "(set the threads it uses with OMP_NUM_THREADS); use --device cpu."
+        )
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("device 'mps' needs an Apple-silicon Mac; use --device cpu.")
     elif device.type not in ("cpu", "cuda", "mps"):
@@ -1250,8 +1255,9 @@ def _save_epoch(run: _Run, finished: bool, reason: str) -> None:
 def load_trained_model(
     path: str | os.PathLike, device: str | None = "cpu"
 ) -> nn.Module:
-    """Build the model a weights file was trained with and load the weights."""
-    payload = checkpoints.load(path)
+    """Build the model a weights file (a run's ``best_model.pt`` or
+    ``final_model.pt``) was trained with and load the weights."""
+    payload = checkpoints.load(path, kind=checkpoints.WEIGHTS)
     recipe = Recipe.from_dict(payload["recipe"])
     model = build_model(recipe.model, dropout=recipe.dropout)
     checkpoints.load_weights(model, path)

@@ -52,11 +52,15 @@ def test_train_end_to_end_on_a_tiny_subset(tmp_path, image_folder):
         "0.5",
         "--distill-temperature",
         "2",
+        "--workers",
+        "2",
         "--out",
         str(out),
         "--no-progress",
     )
     assert done.returncode == 0, done.stderr
+    # the tensor backend has no worker processes: said, not silently ignored
+    assert "note: --workers 2 has no effect: the seed recipe augments" in done.stderr
     assert "Recipe 'seed'" in done.stdout and "epoch   1/1" in done.stdout
     for name in (
         "history.json",
@@ -120,6 +124,7 @@ def test_help_explains_every_option():
         (["--subset", "0"], "0 is out of range"),
         (["--device", "xla"], "unsupported device 'xla'"),
         (["--device", "gpu"], "unknown device 'gpu'"),
+        (["--device", "cpu:3"], "PyTorch sees all the CPU's cores as one device"),
         (["--workers", "-1"], "--workers -1 is out of range"),
         (["--ema", "1"], "1.0 is out of range: give a decay in [0, 1)"),
         (["--ema", "x"], "'x' is not a number"),

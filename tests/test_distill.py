@@ -11,7 +11,7 @@ from cifar_lib import checkpoints
 from cifar_lib import train as training
 from cifar_lib.cli import main
 from cifar_lib.distill import DistillationLoss
-from cifar_lib.errors import ConfigError
+from cifar_lib.errors import CheckpointError, ConfigError
 from cifar_lib.train import get_recipe, load_teacher, resume, train
 
 
@@ -138,6 +138,38 @@ def test_an_unknown_teacher_is_one_sentence_and_writes_nothing(tmp_path, synthet
     with pytest.raises(ConfigError, match="is neither a recipe with shipped weights"):
         fit(recipe, tmp_path / "run", synthetic)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_training_state_is_refused_as_a_teacher(tmp_path, synthetic, capsys):
+    """checkpoint.pt holds the raw weights, not the average that the run evaluated:
+    teaching with them would silently teach another network."""
+    one_epoch_teacher(tmp_path, synthetic)
+    state = tmp_path / "teacher" / "checkpoint.pt"
+    with pytest.raises(CheckpointError, match="training state, kept for --resume"):
+        load_teacher(quick(teacher=str(state)), torch.device("cpu"))
+    with pytest.raises(CheckpointError, match="give the run's best_model.pt"):
+        training.load_trained_model(state)
+    code = main(
+        ["train", "--recipe", "seed", "--teacher", str(state), "--subset", "64"]
+        + ["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")]
+    )
+    err = capsys.readouterr().err
+    assert code != 0 and "training state" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "weight, temperature, message",
+    [
+        (0.0, 4.0, r"weight must be in \(0, 1\], not 0.0"),
+        (1.5, 4.0, r"weight must be in \(0, 1\], not 1.5"),
+        (0.9, 0.0, "temperature must be above 0, not 0.0"),
+        (0.9, float("nan"), "temperature must be above 0, not nan"),
+    ],
+)
+def test_the_loss_refuses_values_out_of_range(weight, temperature, message):
+    with pytest.raises(ValueError, match=message):
+        DistillationLoss(weight, temperature)
 
 
 def test_training_with_a_teacher_changes_the_student_not_the_teacher(

@@ -273,10 +273,14 @@ def test_nothing_is_written_for_bad_options(tmp_path, synthetic):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("name", ["gpu", "cuda:x", "tpu"])
+@pytest.mark.parametrize("name", ["gpu", "cuda:x", "tpu", "cpu:3"])
 def test_unknown_devices_are_refused(name):
     with pytest.raises(ConfigError, match="device"):
         training.select_device(name)
+
+
+def test_the_cpu_is_one_device():
+    assert training.select_device("cpu:0").type == "cpu"  # its only index
 
 
 def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
