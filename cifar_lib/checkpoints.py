@@ -61,7 +61,7 @@ def load(path: str | os.PathLike, kind: str | None = None) -> dict:
             f"'{path}' is not a checkpoint of this project (no '{FORMAT}' marker); "
             "use a file written by cifar_lib (a run's best_model.pt); the shipped "
             "weights in pretrained/ are named by their recipe (--teacher best, "
-            "load_pretrained('best'))."
+            "load_pretrained('best')) or, for the teacher, --teacher teacher_resnet."
         )
     if kind == WEIGHTS and payload.get("kind") == TRAINING_STATE:
         raise CheckpointError(

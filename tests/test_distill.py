@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from cifar_lib.cli import main
 from cifar_lib.distill import DistillationLoss
 from cifar_lib.errors import CheckpointError, ConfigError
 from cifar_lib.train import get_recipe, load_teacher, resume, train
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def quiet(*_):
@@ -138,6 +141,76 @@ def test_an_unknown_teacher_is_one_sentence_and_writes_nothing(tmp_path, synthet
     with pytest.raises(ConfigError, match="is neither a recipe with shipped weights"):
         fit(recipe, tmp_path / "run", synthetic)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_shipped_teacher_is_the_recorded_run_and_teaches(tmp_path, synthetic):
+    """pretrained/teacher_resnet.pt holds the final weights of the run recorded in
+    results/ablations/h100_teacher_resnet_150_epochs.json, in half precision; a
+    recipe names it by name, and run.json keeps the name (not a path)."""
+    from cifar_lib.train import PRETRAINED_DIR, SHIPPED_TEACHER, Recipe
+
+    path = PRETRAINED_DIR / f"{SHIPPED_TEACHER}.pt"
+    payload = checkpoints.load(path, kind=checkpoints.WEIGHTS)
+    record = json.loads(
+        (ROOT / "results/ablations/h100_teacher_resnet_150_epochs.json").read_text()
+    )
+    shipped, recorded = (
+        Recipe.from_dict(settings).what_is_trained()
+        for settings in (payload["recipe"], record["recipe_settings"])
+    )
+    assert shipped == recorded and shipped["model"] == "CIFAR10TeacherResNet"
+    assert payload["epoch"] == len(record["history"]) == 150
+    assert payload["test_accuracy"] == record["history"][-1]["test_accuracy"]
+    state = payload["model"]
+    assert state["fc.weight"].dtype == torch.float16
+    assert all(
+        state[name].dtype == torch.float32 for name in state if "running_" in name
+    )
+    teacher = load_teacher(
+        get_recipe("best", teacher=SHIPPED_TEACHER), torch.device("cpu")
+    )
+    assert type(teacher).__name__ == "CIFAR10TeacherResNet"
+    assert next(teacher.parameters()).dtype == torch.float32  # cast back on loading
+    assert not teacher.training and not any(
+        p.requires_grad for p in teacher.parameters()
+    )
+    fit(quick(epochs=1, teacher=SHIPPED_TEACHER), tmp_path / "run", synthetic)
+    settings = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert settings["recipe"]["teacher"] == SHIPPED_TEACHER
+
+
+def test_a_missing_shipped_teacher_says_how_to_restore_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(training, "PRETRAINED_DIR", tmp_path)
+    with pytest.raises(CheckpointError, match="git checkout -- pretrained/teacher_"):
+        load_teacher(quick(teacher="teacher_resnet"), torch.device("cpu"))
+
+
+def test_a_teacher_is_shipped_in_half_precision_within_tolerance(
+    tmp_path, synthetic, load_script, capsys
+):
+    source = one_epoch_teacher(tmp_path, synthetic)
+    ship = load_script("ship_teacher")
+    out = tmp_path / "shipped.pt"
+    assert ship.main([str(source), "--out", str(out)]) == 0
+    before = checkpoints.load(source)
+    after = checkpoints.load(out, kind=checkpoints.WEIGHTS)
+    assert {k: v for k, v in after.items() if k != "model"} == {
+        k: v for k, v in before.items() if k != "model"
+    }
+    for name, tensor in after["model"].items():
+        original = before["model"][name]
+        if "running_" in name or not original.is_floating_point():
+            assert torch.equal(tensor, original)  # kept as they were
+        else:
+            assert tensor.dtype == torch.float16
+            assert torch.equal(tensor, original.half())
+    assert out.stat().st_size < 0.6 * source.stat().st_size
+    assert "largest logit change" in capsys.readouterr().out
+    # a change beyond the tolerance writes nothing
+    refused = tmp_path / "refused.pt"
+    assert ship.main([str(source), "--out", str(refused), "--tolerance", "0"]) == 1
+    assert "not written" in capsys.readouterr().err
+    assert not refused.exists() and not list(tmp_path.glob("*.candidate"))
 
 
 def test_a_training_state_is_refused_as_a_teacher(tmp_path, synthetic, capsys):

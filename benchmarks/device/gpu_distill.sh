@@ -14,6 +14,7 @@
 #
 #   bash benchmarks/device/gpu_distill.sh SECONDS [TEACHER_EPOCHS]
 #   bash benchmarks/device/gpu_distill.sh SECONDS TEACHER_FILE TEACHER_HISTORY
+#   bash benchmarks/device/gpu_distill.sh SECONDS teacher_resnet
 # TEACHER_EPOCHS defaults to 150. In the fifth session (results/gpu/README.md) a
 # teacher of 40 epochs (1.13 s each after the first, 91.16%) taught the best
 # recipe to 91.45% in 183 epochs; the teacher's epoch costs little beside the
@@ -21,12 +22,17 @@
 # taught it to 91.76% in the 106 epochs that fitted. The second form teaches with
 # a carried weights file instead; TEACHER_HISTORY (its run's history.json, or its
 # record in results/ablations/) tells fit_epochs.py what its forward passes cost.
+# The third teaches with the shipped teacher (pretrained/teacher_resnet.pt, the
+# sixth session's, `train --teacher teacher_resnet`), its history from its record.
 # Output in $OUT as gpu_best.sh's (session.log, runs.tgz with teacher/ and
 # best_distilled/, or teacher_2/ and best_distilled_2/ on a machine where an
 # earlier call left them).
 LIMIT=${1:-580}
 TEACHER_EPOCHS=${2:-150}
 HISTORY=${3:-}
+if [ "$TEACHER_EPOCHS" = teacher_resnet ]; then
+    HISTORY=${HISTORY:-results/ablations/h100_teacher_resnet_150_epochs.json}
+fi
 if [ -f "$TEACHER_EPOCHS" ] && [ ! -f "$HISTORY" ]; then
     echo "error: with a teacher's weights file give its history too" >&2
     exit 2
@@ -37,9 +43,9 @@ unpack_data_and_test_graphs || exit 1
 
 # Folders and logs not used by an earlier call on this machine (free_folder)
 STUDENT=$(free_folder $RUNS/best_distilled)
-if [ -f "$TEACHER_EPOCHS" ]; then
+if [ -f "$TEACHER_EPOCHS" ] || [ "$TEACHER_EPOCHS" = teacher_resnet ]; then
     TEACHER_FILE=$TEACHER_EPOCHS
-    stamp "teacher: the carried weights $TEACHER_FILE (history: $HISTORY)"
+    stamp "teacher: $TEACHER_FILE (history: $HISTORY)"
 else
     TEACHER=$(free_folder /tmp/teacher)  # outside $RUNS: its weights are not packed
     KEPT=$(free_folder $RUNS/teacher)  # what comes back of it
