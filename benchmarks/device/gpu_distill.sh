@@ -14,7 +14,7 @@
 #
 #   bash benchmarks/device/gpu_distill.sh SECONDS [TEACHER_EPOCHS]
 #   bash benchmarks/device/gpu_distill.sh SECONDS TEACHER_FILE TEACHER_HISTORY
-#   bash benchmarks/device/gpu_distill.sh SECONDS teacher_resnet
+#   bash benchmarks/device/gpu_distill.sh SECONDS teacher_resnet [TRAIN FLAGS]
 # TEACHER_EPOCHS defaults to 150. In the fifth session (results/gpu/README.md) a
 # teacher of 40 epochs (1.13 s each after the first, 91.16%) taught the best
 # recipe to 91.45% in 183 epochs; the teacher's epoch costs little beside the
@@ -23,15 +23,21 @@
 # a carried weights file instead; TEACHER_HISTORY (its run's history.json, or its
 # record in results/ablations/) tells fit_epochs.py what its forward passes cost.
 # The third teaches with the shipped teacher (pretrained/teacher_resnet.pt, the
-# sixth session's, `train --teacher teacher_resnet`), its history from its record.
+# sixth session's, `train --teacher teacher_resnet`), its history from its record;
+# TRAIN FLAGS, if given, change the student's recipe (its folder is then
+# best_distilled_changed), e.g. the stronger augmentation of the fourth session:
+#   bash benchmarks/device/gpu_distill.sh 290 teacher_resnet \
+#       --augmentation scale=0.1,hole_p=0.5
 # Output in $OUT as gpu_best.sh's (session.log, runs.tgz with teacher/ and
 # best_distilled/, or teacher_2/ and best_distilled_2/ on a machine where an
 # earlier call left them).
 LIMIT=${1:-580}
 TEACHER_EPOCHS=${2:-150}
 HISTORY=${3:-}
+FLAGS=()
 if [ "$TEACHER_EPOCHS" = teacher_resnet ]; then
-    HISTORY=${HISTORY:-results/ablations/h100_teacher_resnet_150_epochs.json}
+    HISTORY=results/ablations/h100_teacher_resnet_150_epochs.json
+    FLAGS=("${@:3}")
 fi
 if [ -f "$TEACHER_EPOCHS" ] && [ ! -f "$HISTORY" ]; then
     echo "error: with a teacher's weights file give its history too" >&2
@@ -42,7 +48,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 unpack_data_and_test_graphs || exit 1
 
 # Folders and logs not used by an earlier call on this machine (free_folder)
-STUDENT=$(free_folder $RUNS/best_distilled)
+STUDENT=$(free_folder $RUNS/best_distilled${FLAGS[0]:+_changed})
 if [ -f "$TEACHER_EPOCHS" ] || [ "$TEACHER_EPOCHS" = teacher_resnet ]; then
     TEACHER_FILE=$TEACHER_EPOCHS
     stamp "teacher: $TEACHER_FILE (history: $HISTORY)"
@@ -64,8 +70,9 @@ fi
 EPOCHS=$(python3 benchmarks/device/fit_epochs.py $((LIMIT - $(elapsed) - 45)) \
     --teacher-history $HISTORY --margin 0.85 --most 183) || exit 1
 [ "$EPOCHS" -ge 43 ] || { stamp "only $EPOCHS epochs would fit: no student"; pack; exit 1; }
-stamp "best, $EPOCHS epochs, taught by the teacher, alone on the GPU until the deadline"
-$TRAIN --recipe best --epochs $EPOCHS --teacher $TEACHER_FILE $GRAPH \
+stamp "best, $EPOCHS epochs, taught by the teacher, ${FLAGS[*]:-as the recipe is}," \
+    "alone on the GPU until the deadline"
+$TRAIN --recipe best --epochs $EPOCHS --teacher $TEACHER_FILE $GRAPH "${FLAGS[@]}" \
     --out $STUDENT > $STUDENT.log 2>&1 &
 watch_runs $STUDENT.log
 tail -n 3 $STUDENT.log
