@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cifar_lib import checkpoints  # noqa: E402
+from cifar_lib.errors import CheckpointError  # noqa: E402
 from cifar_lib.train import SHIPPED_TEACHER, load_trained_model  # noqa: E402
 
 KEPT_IN_FLOAT32 = ("running_mean", "running_var")
@@ -64,21 +65,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--tolerance", type=float, default=0.05)
     args = parser.parse_args(argv)
-    payload = checkpoints.load(args.source, kind=checkpoints.WEIGHTS)
+    try:
+        payload = checkpoints.load(args.source, kind=checkpoints.WEIGHTS)
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     content = {k: v for k, v in payload.items() if k not in ("format", "kind")}
     content["model"] = halve({k: v.cpu() for k, v in payload["model"].items()})
     candidate = args.out.with_name(args.out.name + ".candidate")
-    checkpoints.save(candidate, checkpoints.WEIGHTS, **content)
-    change = largest_change(args.source, candidate)
-    if change > args.tolerance:
-        candidate.unlink()
-        print(
-            f"error: half precision moved a logit by {change:.4f}, more than "
-            f"{args.tolerance}; {args.out} not written.",
-            file=sys.stderr,
-        )
-        return 1
-    candidate.replace(args.out)
+    try:
+        checkpoints.save(candidate, checkpoints.WEIGHTS, **content)
+        change = largest_change(args.source, candidate)
+        if change > args.tolerance:
+            print(
+                f"error: half precision moved a logit by {change:.4f}, more than "
+                f"{args.tolerance}; {args.out} not written.",
+                file=sys.stderr,
+            )
+            return 1
+        candidate.replace(args.out)
+    finally:
+        candidate.unlink(missing_ok=True)  # refused, or stopped on the way
     print(
         f"{args.out}: {args.out.stat().st_size / 1e6:.1f} MB (source "
         f"{args.source.stat().st_size / 1e6:.1f} MB); epoch {payload['epoch']}, "

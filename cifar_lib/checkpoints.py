@@ -66,9 +66,9 @@ def load(path: str | os.PathLike, kind: str | None = None) -> dict:
     if kind == WEIGHTS and payload.get("kind") == TRAINING_STATE:
         raise CheckpointError(
             f"'{path}' is a run's training state, kept for --resume: its raw weights "
-            "are not the ones the run evaluated and saved (the average of the "
-            "weights, where the recipe keeps one); give the run's best_model.pt or "
-            "final_model.pt instead."
+            "are not necessarily the ones the run evaluated and saved (not the "
+            "average of the weights, where the recipe keeps one); give the run's "
+            "best_model.pt or final_model.pt instead."
         )
     if kind is not None and payload.get("kind") != kind:
         raise CheckpointError(

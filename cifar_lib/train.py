@@ -1278,6 +1278,12 @@ def load_pretrained(recipe: str = "fast", device: str | None = "cpu") -> nn.Modu
     fed images in [0, 1] alone, it scores near chance."""
     from cifar_lib.errors import CheckpointError
 
+    if recipe == SHIPPED_TEACHER:
+        raise ConfigError(
+            f"{SHIPPED_TEACHER} is the shipped teacher, not a recipe: teach with it "
+            f"(--teacher {SHIPPED_TEACHER}) or load it with "
+            f"load_trained_model(PRETRAINED_DIR / '{SHIPPED_TEACHER}.pt')."
+        )
     chosen = get_recipe(recipe)
     path = PRETRAINED_DIR / f"{recipe}.pt"
     if not path.is_file():

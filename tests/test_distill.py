@@ -179,6 +179,11 @@ def test_the_shipped_teacher_is_the_recorded_run_and_teaches(tmp_path, synthetic
     assert settings["recipe"]["teacher"] == SHIPPED_TEACHER
 
 
+def test_the_shipped_teacher_is_not_a_recipe():
+    with pytest.raises(ConfigError, match="the shipped teacher, not a recipe"):
+        training.load_pretrained("teacher_resnet")
+
+
 def test_a_missing_shipped_teacher_says_how_to_restore_it(monkeypatch, tmp_path):
     monkeypatch.setattr(training, "PRETRAINED_DIR", tmp_path)
     with pytest.raises(CheckpointError, match="git checkout -- pretrained/teacher_"):
@@ -211,17 +216,25 @@ def test_a_teacher_is_shipped_in_half_precision_within_tolerance(
     assert ship.main([str(source), "--out", str(refused), "--tolerance", "0"]) == 1
     assert "not written" in capsys.readouterr().err
     assert not refused.exists() and not list(tmp_path.glob("*.candidate"))
+    # a file that is not weights: one sentence, nothing left behind
+    state = source.with_name("checkpoint.pt")
+    assert ship.main([str(state), "--out", str(tmp_path / "x.pt")]) == 2
+    assert "training state" in capsys.readouterr().err
+    assert not list(tmp_path.glob("x.pt*"))
 
 
 def test_a_training_state_is_refused_as_a_teacher(tmp_path, synthetic, capsys):
-    """checkpoint.pt holds the raw weights, not the average that the run evaluated:
-    teaching with them would silently teach another network."""
+    """checkpoint.pt holds the raw weights, not the average that a run with one
+    evaluated: teaching with them would silently teach another network (refused
+    for every recipe, with or without an average)."""
     one_epoch_teacher(tmp_path, synthetic)
     state = tmp_path / "teacher" / "checkpoint.pt"
     with pytest.raises(CheckpointError, match="training state, kept for --resume"):
         load_teacher(quick(teacher=str(state)), torch.device("cpu"))
     with pytest.raises(CheckpointError, match="give the run's best_model.pt"):
         training.load_trained_model(state)
+    with pytest.raises(CheckpointError, match="training state, kept for --resume"):
+        checkpoints.load_weights(training.build_model("CIFAR10Netv2"), state)
     code = main(
         ["train", "--recipe", "seed", "--teacher", str(state), "--subset", "64"]
         + ["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")]

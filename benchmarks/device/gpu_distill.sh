@@ -10,7 +10,9 @@
 # best test epoch, so that the test set chooses nothing. Its run.json, history.json
 # and log come back in runs.tgz, and its final weights (13.6 MB) on their own as
 # $OUT/teacher_final_model.pt, so that a later session can teach with them again
-# without training them (carry them in .devcarry/, e.g. .devcarry/teacher.pt).
+# without training them (carry them in .devcarry/, e.g. .devcarry/teacher.pt, or
+# ship them: benchmarks/ship_teacher.py). The second and third forms below teach
+# with a teacher already trained and train none.
 #
 #   bash benchmarks/device/gpu_distill.sh SECONDS [TEACHER_EPOCHS]
 #   bash benchmarks/device/gpu_distill.sh SECONDS TEACHER_FILE TEACHER_HISTORY
@@ -25,7 +27,8 @@
 # The third teaches with the shipped teacher (pretrained/teacher_resnet.pt, the
 # sixth session's, `train --teacher teacher_resnet`), its history from its record;
 # TRAIN FLAGS, if given, change the student's recipe (its folder is then
-# best_distilled_changed), e.g. the stronger augmentation of the fourth session:
+# best_distilled_changed; they come after --epochs and --out, so do not give
+# those), e.g. the stronger augmentation of the fourth session:
 #   bash benchmarks/device/gpu_distill.sh 290 teacher_resnet \
 #       --augmentation scale=0.1,hole_p=0.5
 # Output in $OUT as gpu_best.sh's (session.log, runs.tgz with teacher/ and
