@@ -250,3 +250,17 @@ def test_a_run_folder_is_recorded_with_its_time_to_get_ready(
         (tmp_path / "run" / "history.json").read_text()
     )
     assert recorded["data"] == "synthetic images" and recorded["runs"] == 1
+
+
+def test_teacher_cost_times_both_variants_in_turn(tmp_path, image_folder, load_script):
+    """benchmarks/teacher_cost.py: one round trains the fast recipe alone and taught
+    by the shipped teacher, each in its own process, and records both."""
+    cost = load_script("teacher_cost")
+    out = tmp_path / "teacher.json"
+    argv = ["--data-dir", image_folder, "--subset", "64", "--rounds", "1"]
+    assert cost.main([*argv, "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    alone, taught = saved["train_seconds"].values()
+    assert len(alone) == len(taught) == 1 and min(alone + taught) > 0
+    assert saved["ratios"] == [round(taught[0] / alone[0], 2)]
+    assert "teacher_resnet" in saved["what"] and saved["hardware"]
