@@ -31,7 +31,7 @@ from pathlib import Path
 from cifar_lib.data import load_cifar10
 from cifar_lib.files import atomic_write_json
 from cifar_lib.notebook import describe_data
-from cifar_lib.results import ROOT, provenance
+from cifar_lib.results import ROOT, preparation, provenance
 from cifar_lib.train import Recipe, get_recipe, train
 
 VARIANTS = {
@@ -147,11 +147,7 @@ def main() -> None:
             arrays,
             machine,
             args.data,
-            {
-                key: settings[key]
-                for key in ("prepare_seconds", "prepare_parts")
-                if key in settings
-            },
+            preparation(settings),
         )
         return
     if args.from_log:

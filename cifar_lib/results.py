@@ -56,6 +56,17 @@ def hardware(device: torch.device | str | None = None) -> str:
     return f"{model}, {threads} thread{'s' if threads > 1 else ''}, no GPU"
 
 
+def preparation(settings: dict) -> dict:
+    """What a run's run.json says of its time to get ready to train:
+    ``prepare_seconds`` (runs of 2026-11-27 and later) and its parts,
+    ``prepare_parts`` (2026-11-28 and later); nothing for older runs."""
+    return {
+        key: settings[key]
+        for key in ("prepare_seconds", "prepare_parts")
+        if key in settings
+    }
+
+
 def provenance(device: torch.device | str | None = None) -> dict:
     """Date, hardware, software and commit, to store beside a measurement.
     $CIFAR_LIB_COMMIT, where set, names the commit (a copy of the working tree
@@ -395,13 +406,7 @@ def record_run(
         "epochs_to_85": reached[0] if reached else None,
         "seconds_to_85": round(reached[1], 1) if reached else None,
         "total_seconds": round(seconds, 1),
-        # the time to get ready to train, before the first epoch (runs of 2026-11-27
-        # and later), and its parts (runs of 2026-11-28 and later)
-        **{
-            key: settings[key]
-            for key in ("prepare_seconds", "prepare_parts")
-            if key in settings
-        },
+        **preparation(settings),  # the time to get ready, before the first epoch
         "subset": settings["data"]["subset"],
         "recipe_settings": recipe,
         "history": history,
