@@ -23,6 +23,7 @@ from cifar_lib.graphs import WARM_UP_STEPS
 from cifar_lib.train import (
     Recipe,
     configure_device,
+    load_teacher,
     make_loaders,
     make_optimizer,
     make_train_step,
@@ -65,8 +66,15 @@ class _Setup:
         self.optimizer = make_optimizer(self.model, recipe)
         self.train_loader, _ = make_loaders(recipe, arrays, None, device, None)
         self.amp_dtype, scaler = mixed_precision(recipe, device)
-        self.step = make_train_step(
-            recipe, self.model, self.optimizer, device, None, scaler, self.amp_dtype
+        self.step = make_train_step(  # a recipe that distils: its teacher's passes too
+            recipe,
+            self.model,
+            self.optimizer,
+            device,
+            None,
+            scaler,
+            self.amp_dtype,
+            load_teacher(recipe, device),
         )
         configure_device(device, recipe.cudnn_benchmark)
         images, labels = next(iter(self.train_loader))

@@ -222,9 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--teacher",
         metavar="RECIPE_OR_FILE",
         help="distil: also learn from the predictions of a trained network, a recipe "
-        "whose weights ship (best, fast, seed), the shipped teacher_resnet (3.4 "
-        "million parameters, outside the rules) or a weights file written by train "
-        "(a run's best_model.pt)",
+        "whose weights ship (best, fast, seed; best_alone, the best recipe trained "
+        "without one), the shipped teacher_resnet (3.4 million parameters, outside "
+        "the rules; the best recipe's teacher) or a weights file written by train "
+        "(a run's best_model.pt); '' for none",
     )
     train.add_argument(
         "--distill-weight",
@@ -390,12 +391,14 @@ def _train(args: argparse.Namespace) -> None:
         + ("label_smoothing", *distilling)
         if getattr(args, name) is not None
     }
-    if args.teacher is None and (
+    shipped = get_recipe(args.recipe or "seed")
+    teacher = shipped.teacher if args.teacher is None else args.teacher
+    if not teacher and (
         args.distill_weight is not None or args.distill_temperature is not None
     ):
         raise ConfigError(
             "--distill-weight and --distill-temperature shape the teacher's part of "
-            "the loss; give --teacher too."
+            f"the loss; the {shipped.name} recipe has no teacher here: give --teacher."
         )
     if args.amp:
         overrides["amp"] = True
@@ -403,7 +406,6 @@ def _train(args: argparse.Namespace) -> None:
         overrides["cuda_graph"] = False
     if args.no_cudnn_benchmark:
         overrides["cudnn_benchmark"] = False
-    shipped = get_recipe(args.recipe or "seed")
     if args.augmentation:
         changes = augmentation_changes(args.augmentation)
         overrides["augmentation"] = dataclasses.replace(shipped.augmentation, **changes)

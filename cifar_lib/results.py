@@ -129,12 +129,18 @@ def first_reaching(history: list[dict], level: float) -> tuple[int, float] | Non
     return None
 
 
+# The test accuracy each recipe aims at (issue 4's targets): the fast recipe's is
+# its own target, where it stops; the best recipe trains all its epochs (its
+# target is 1.0) for 92%.
+AIMS = {"fast": 0.85, "best": 0.92}
+
+
 def recipe_changes(settings: dict, against=None) -> list[str]:
     """What a recorded run trained differently from its recipe as shipped now
     (``RECIPES[settings["name"]]``), or from the recipe ``against``: "field value"
     for each field that decides what is trained, the seed aside, and the
-    augmentation's fields one by one. An empty list: the recipe as it is, with
-    some seed."""
+    augmentation's fields one by one ("no teacher" where the run had none and the
+    recipe has one). An empty list: the recipe as it is, with some seed."""
     from cifar_lib.train import RECIPES, Recipe
 
     trained = Recipe.from_dict(settings).what_is_trained()
@@ -146,7 +152,7 @@ def recipe_changes(settings: dict, against=None) -> list[str]:
         if key == "augmentation":
             changes += [f"{k} {v}" for k, v in value.items() if shipped[key][k] != v]
         elif value != shipped[key]:
-            changes.append(f"{key} {value}")
+            changes.append(f"{key} {value}" if value != "" else f"no {key}")
     return changes
 
 
@@ -157,11 +163,12 @@ def recorded_runs(
     seed or hardware: ``results/<name>.json`` and the files in
     ``results/ablations/`` made from it. Each as {file, seed, changes (see
     ``recipe_changes``; from the recipe ``against`` where given, e.g. the recipe
-    as it was shipped before), best_accuracy, epochs_to_target, epochs, data,
-    hardware}, sorted by hardware, then seed."""
+    as it was shipped before), best_accuracy, last_accuracy (after the last
+    epoch), epochs_to_target (the first epoch at the recipe's aim, ``AIMS``, or
+    its target), epochs, data, hardware}, sorted by hardware, then seed."""
     from cifar_lib.train import RECIPES
 
-    target = RECIPES[name].target
+    target = AIMS.get(name, RECIPES[name].target)
     paths = [results_dir / f"{name}.json"]
     paths += sorted((results_dir / "ablations").glob("*.json"))
     found = []
@@ -179,6 +186,7 @@ def recorded_runs(
                 "seed": settings["seed"],
                 "changes": recipe_changes(settings, against),
                 "best_accuracy": run["best_accuracy"],
+                "last_accuracy": run["history"][-1]["test_accuracy"],
                 "epochs_to_target": reached[0] if reached else None,
                 "epochs": len(run["history"]),
                 "data": run["data"],
@@ -196,32 +204,35 @@ def runs_of_recipe(name: str, results_dir: Path = ROOT / "results") -> list[dict
 
 
 def _seeds_markdown(name: str, results_dir: Path) -> str | None:
-    """The table of ``runs_of_recipe(name)``, with how many reached the target."""
+    """The table of ``runs_of_recipe(name)``, with how many reached its aim
+    (``AIMS``) at some epoch and after the last."""
     runs = runs_of_recipe(name, results_dir)
     if len(runs) < 2:
         return None
     from cifar_lib.train import RECIPES
 
-    recipe = RECIPES[name]
+    recipe, aim = RECIPES[name], AIMS[name]
     rows = [
-        "| file | seed | best test accuracy | epoch it reached "
-        f"{recipe.target:.0%} | data | hardware |",
-        "|---|---:|---:|---:|---|---|",
+        "| file | seed | best test accuracy | after the last epoch | epoch it reached "
+        f"{aim:.0%} | data | hardware |",
+        "|---|---:|---:|---:|---:|---|---|",
     ]
     for r in runs:
         reached = r["epochs_to_target"] or f"not in {r['epochs']}"
         rows.append(
-            f"| {r['file']} | {r['seed']} | {r['best_accuracy']:.2%} | {reached} | "
-            f"{r['data']} | {r['hardware']} |"
+            f"| {r['file']} | {r['seed']} | {r['best_accuracy']:.2%} | "
+            f"{r['last_accuracy']:.2%} | {reached} | {r['data']} | {r['hardware']} |"
         )
     hit = sum(r["epochs_to_target"] is not None for r in runs)
+    last = sum(r["last_accuracy"] >= aim for r in runs)
     accuracies = [r["best_accuracy"] for r in runs]
     return (
         f"**The {name} recipe as it is now, every recorded run** (the same recipe, "
-        f"seeds and hardware differ): {recipe.target:.0%} reached within "
-        f"{recipe.epochs} epochs in **{hit} of {len(runs)}** runs; best test "
-        f"accuracy {min(accuracies):.2%} to {max(accuracies):.2%}, mean "
-        f"{sum(accuracies) / len(accuracies):.2%}.\n\n" + "\n".join(rows)
+        f"seeds and hardware differ): {aim:.0%} reached within "
+        f"{recipe.epochs} epochs in **{hit} of {len(runs)}** runs ({last} of them "
+        f"after the last epoch); best test accuracy {min(accuracies):.2%} to "
+        f"{max(accuracies):.2%}, mean {sum(accuracies) / len(accuracies):.2%}.\n\n"
+        + "\n".join(rows)
     )
 
 
@@ -319,9 +330,10 @@ def results_markdown(results_dir: Path = ROOT / "results") -> str:
                 f"{r['hardware']} | {r['date']} |"
             )
         parts.append("**Training runs.**\n\n" + "\n".join(rows))
-        if (results_dir / "fast.json").exists():
-            seeds = _seeds_markdown("fast", results_dir)
-            parts += [seeds] if seeds else []
+        for name in AIMS:
+            if (results_dir / f"{name}.json").exists():
+                seeds = _seeds_markdown(name, results_dir)
+                parts += [seeds] if seeds else []
     ablations = sorted((results_dir / "ablations").glob("*.json"))
     if ablations:
         rows = [

@@ -346,6 +346,15 @@ def test_bench_ends_with_one_json_line(tmp_path, capsys):
     assert saved["recipe"] == "seed" and saved["model"] == "CIFAR10ResNet"
 
 
+def test_bench_times_a_recipe_that_distils_with_its_teacher(capsys):
+    """The best recipe is taught by teacher_resnet: its step includes the
+    teacher's forward pass, so bench loads the teacher too."""
+    argv = ["bench", "--recipe", "best", "--steps", "1", "--rounds", "1"]
+    assert main([*argv, "--warmup", "1", "--batch-size", "8", "--no-compare"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["recipe"] == "best" and result["train_images_per_s"] > 0
+
+
 def test_augmentation_changes_parse_each_field_by_its_type():
     from cifar_lib.cli import augmentation_changes
 

@@ -124,6 +124,12 @@ def test_shipped_weights_teach_frozen_and_in_evaluation_mode():
     assert not teacher.training
     assert not any(p.requires_grad for p in teacher.parameters())
     assert load_teacher(get_recipe("fast"), torch.device("cpu")) is None
+    # the best recipe's weights from before it had a teacher teach as well
+    cpu = torch.device("cpu")
+    earlier = load_teacher(get_recipe("fast", teacher="best_alone"), cpu)
+    assert type(earlier).__name__ == get_recipe("best").model
+    # and the best recipe itself is taught by the shipped teacher
+    assert get_recipe("best").teacher == training.SHIPPED_TEACHER
 
 
 def test_a_teacher_file_is_kept_with_its_whole_path(tmp_path, synthetic, monkeypatch):
@@ -321,7 +327,16 @@ def test_command_line_distillation_options(tmp_path, capsys, image_folder):
     out = tmp_path / "run"
     base = ["train", "--data-dir", image_folder, "--out", str(out)]
     assert main([*base, "--distill-weight", "0.5"]) == 2
-    assert "give --teacher too" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "the seed recipe has no teacher here: give --teacher" in err
+    # the best recipe has one (teacher_resnet), unless --teacher '' takes it away
+    best = [*base, "--recipe", "best", "--distill-weight", "0.5"]
+    assert main([*best, "--teacher", ""]) == 2
+    assert "the best recipe has no teacher here" in capsys.readouterr().err
+    assert not out.exists()
+    nowhere = str(tmp_path / "no data")  # accepted: it gets as far as the data
+    assert main([*best, "--data-dir", nowhere]) == 2
+    assert "teacher" not in capsys.readouterr().err
     assert main([*base, "--teacher", str(tmp_path / "nothing.pt")]) == 2
     err = capsys.readouterr().err
     assert "is neither a recipe with shipped weights" in err and "Traceback" not in err

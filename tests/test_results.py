@@ -66,10 +66,18 @@ def test_runs_of_the_fast_recipe_are_found_and_counted(tmp_path: Path):
     ]
     assert [r["epochs_to_target"] for r in runs] == [2, None, 1]
     table = results_markdown(tmp_path)
-    assert "within 8 epochs in **2 of 3** runs" in table
+    assert "within 8 epochs in **2 of 3** runs (1 of them after the last" in table
     assert (
         "mean 85.03%" in table
-        and "| ablations/b.json | 1 | 84.00% | not in 2 |" in table
+        and "| ablations/b.json | 1 | 84.00% | 84.00% | not in 2 |" in table
+    )
+    # the best recipe trains all its epochs (target 1.0): counted against its 92%
+    write("best.json", get_recipe("best"), [0.9, 0.921, 0.919])
+    write("ablations/d.json", get_recipe("best", seed=1), [0.9, 0.919])
+    best = runs_of_recipe("best", tmp_path)
+    assert [r["epochs_to_target"] for r in best] == [2, None]
+    assert "92% reached within 183 epochs in **1 of 2** runs (0 of them" in (
+        results_markdown(tmp_path)
     )
 
 
@@ -88,6 +96,8 @@ def test_recipe_changes_name_what_was_trained_differently():
     before = replace(fast, batch_size=32, lr=0.05)  # against another recipe
     assert recipe_changes(fast.to_dict(), before) == ["lr 0.2", "batch_size 128"]
     assert recipe_changes(before.to_dict(), before) == []
+    alone = get_recipe("best", teacher="")  # the best recipe has a teacher
+    assert recipe_changes(alone.to_dict()) == ["no teacher"]
 
 
 def test_changed_runs_are_recorded_runs_with_their_changes(tmp_path: Path):

@@ -352,6 +352,16 @@ def test_load_pretrained_without_shipped_weights_says_how_to_get_them(
         training.load_pretrained("best")
 
 
+def test_missing_earlier_weights_say_how_to_restore_them(monkeypatch, tmp_path):
+    monkeypatch.setattr(training, "PRETRAINED_DIR", tmp_path)
+    with pytest.raises(CheckpointError, match="git checkout -- pretrained/best_alone"):
+        training.load_pretrained("best_alone")
+    torch.save([1, 2], tmp_path / "best_alone.pt")
+    refused = r"best recipe's model .*best_alone.pt\)\.$"  # nothing to train
+    with pytest.raises(CheckpointError, match=refused):
+        training.load_pretrained("best_alone")
+
+
 def test_shipped_weights_of_another_model_are_refused_in_a_sentence(
     monkeypatch, tmp_path
 ):
@@ -393,9 +403,11 @@ def test_a_weights_file_is_not_resumed_as_a_checkpoint(tmp_path, synthetic):
 
 def test_shipped_weights_load_into_their_model():
     shipped = sorted(training.PRETRAINED_DIR.glob("*.pt"))
-    # a recipe's weights each, and the shipped teacher (tests/test_distill.py)
-    assert [path.stem for path in shipped] == ["best", "fast", "seed", "teacher_resnet"]
-    shipped = shipped[:3]
+    # a recipe's weights each, the best recipe's before it had a teacher
+    # (train.EARLIER_WEIGHTS), and the shipped teacher (tests/test_distill.py)
+    stems = ["best", "best_alone", "fast", "seed", "teacher_resnet"]
+    assert [path.stem for path in shipped] == stems
+    shipped = shipped[:4]
     for path in shipped:
         model = training.load_pretrained(path.stem)
         assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
