@@ -1,12 +1,14 @@
-"""What a teacher's forward passes cost on this machine: one training epoch of the
-fast recipe on a subset, alone and taught by the shipped teacher
-(``--teacher teacher_resnet``), the two taking turns in separate processes, a few
-rounds; writes ``results/bench_cpu_teacher.json``.
+"""What a teacher's forward passes cost on this machine: one training epoch of a
+recipe (the fast one by default) on a subset, alone (``--teacher ''``) and taught
+by the shipped teacher (``--teacher teacher_resnet``, the best recipe's own), the
+two taking turns in separate processes, a few rounds; writes
+``results/bench_cpu_teacher.json`` (``results/bench_cpu_teacher_best.json`` for
+``--recipe best``).
 
     OMP_NUM_THREADS=2 python benchmarks/teacher_cost.py \
-        --data-dir ../shared/data/cifar10-jpeg75
+        --data-dir ../shared/data/cifar10-jpeg75 [--recipe best]
 
-Each round runs ``python -m cifar_lib train --recipe fast --epochs 1 --subset N
+Each round runs ``python -m cifar_lib train --recipe R --epochs 1 --subset N
 --target 1.0`` twice (without, then with the teacher) and reads the epoch's
 ``train_seconds`` (training only: the evaluation is the same either way).
 """
@@ -28,12 +30,17 @@ from cifar_lib.files import atomic_write_json  # noqa: E402
 from cifar_lib.notebook import describe_data  # noqa: E402
 from cifar_lib.results import provenance  # noqa: E402
 
-VARIANTS = {"alone": [], "taught by teacher_resnet": ["--teacher", "teacher_resnet"]}
+VARIANTS = {
+    "alone": ["--teacher", ""],
+    "taught by teacher_resnet": ["--teacher", "teacher_resnet"],
+}
 
 
-def train_seconds(data_dir: str, subset: int, extra: list[str], out: Path) -> float:
-    """The training seconds of one epoch of the fast recipe, in its own process."""
-    command = [sys.executable, "-m", "cifar_lib", "train", "--recipe", "fast"]
+def train_seconds(
+    recipe: str, data_dir: str, subset: int, extra: list[str], out: Path
+) -> float:
+    """The training seconds of one epoch of ``recipe``, in its own process."""
+    command = [sys.executable, "-m", "cifar_lib", "train", "--recipe", recipe]
     command += ["--epochs", "1", "--subset", str(subset), "--target", "1.0"]
     command += ["--data-dir", data_dir, "--no-progress", "--out", str(out), *extra]
     subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
@@ -43,19 +50,20 @@ def train_seconds(data_dir: str, subset: int, extra: list[str], out: Path) -> fl
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
     parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--recipe", choices=("fast", "best"), default="fast")
     parser.add_argument("--subset", type=int, default=5120)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--out", type=Path, default=ROOT / "results/bench_cpu_teacher.json"
-    )
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    suffix = "" if args.recipe == "fast" else f"_{args.recipe}"
+    args.out = args.out or ROOT / f"results/bench_cpu_teacher{suffix}.json"
     seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
     with tempfile.TemporaryDirectory() as scratch:
         for round_ in range(args.rounds):
             for name, extra in VARIANTS.items():
                 out = Path(scratch) / f"{round_}_{len(extra)}"
                 seconds[name].append(
-                    train_seconds(args.data_dir, args.subset, extra, out)
+                    train_seconds(args.recipe, args.data_dir, args.subset, extra, out)
                 )
                 print(f"round {round_ + 1}, {name}: {seconds[name][-1]:.2f} s")
     alone, taught = seconds.values()
@@ -64,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out,
         {
             "what": (
-                f"seconds of one training epoch of the fast recipe on {args.subset:,} "
+                f"seconds of one training epoch of the {args.recipe} recipe on "
+                f"{args.subset:,} "
                 "training images, alone and taught by the shipped teacher (--teacher "
                 "teacher_resnet); the two taking turns in separate processes, "
                 f"{args.rounds} rounds"
