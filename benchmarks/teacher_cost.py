@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
     with tempfile.TemporaryDirectory() as scratch:
         for round_ in range(args.rounds):
-            for name, extra in VARIANTS.items():
-                out = Path(scratch) / f"{round_}_{len(extra)}"
+            for index, (name, extra) in enumerate(VARIANTS.items()):
+                out = Path(scratch) / f"{round_}_{index}"
                 seconds[name].append(
                     train_seconds(args.recipe, args.data_dir, args.subset, extra, out)
                 )
