@@ -159,7 +159,7 @@ def test_bundle_carries_the_results_and_weights_a_notebook_reads(tmp_path):
         return set(archive.namelist())
 
     files_06 = carried("06_beyond_85.ipynb")
-    shipped = {f"pretrained/{r}.pt" for r in ("seed", "fast", "best")}
+    shipped = {f"pretrained/{r}.pt" for r in ("seed", "fast", "best", "best_alone")}
     assert shipped <= files_06 and "results/fast.json" in files_06
     assert "cifar_lib/colab.py" in files_06
     assert "results/ablations/fast_seed4.json" in files_06
