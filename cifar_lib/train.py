@@ -910,6 +910,14 @@ def _fit(
                 f"cifar_lib summary --model {recipe.model}` says which); it is not a "
                 "solution of it."
             )
+        if teacher is not None and not getattr(type(teacher), "within_rules", True):
+            log(
+                f"Note: the teacher, {type(teacher).__name__} "
+                f"({sum(p.numel() for p in teacher.parameters()):,} parameters), is "
+                "outside the assignment's rules: the model trained keeps them, but "
+                "its training leans on a network that does not; say so with its "
+                "results."
+            )
         log(
             f"Data: {arrays.source} ({arrays.location}), {_count(train_loader):,} "
             f"training and {_count(test_loader):,} test images; device: {device}."

@@ -370,3 +370,15 @@ def test_a_model_outside_the_rules_is_noted_when_it_trains(tmp_path, synthetic):
         log=messages.append,
     )
     assert not any("outside the assignment's rules" in m for m in messages)
+    messages.clear()  # a model within the rules taught by one outside them
+    train(
+        quick(epochs=1, teacher="teacher_resnet"),
+        out=tmp_path / "v",
+        arrays=synthetic,
+        progress=False,
+        log=messages.append,
+    )
+    noted = [m for m in messages if "outside the assignment's rules" in m]
+    assert (
+        len(noted) == 1 and "the teacher, CIFAR10TeacherResNet (3,390,458" in noted[0]
+    )
