@@ -318,7 +318,8 @@ RECIPES = {
     # against 89.3% after 42 epochs (1.9 hours on that CPU,
     # results/ablations/cpu_best_depthwise_42_epochs.json) and 97% against 90.5%
     # after 183 (as many as fitted in a GPU session: 4.9 minutes on an H100,
-    # results/best.json; at that CPU's 158-171 s an epoch about 8.4 hours, not
+    # results/ablations/h100_best_alone_183_epochs.json; at that CPU's median of
+    # 164 s an epoch about 8.3 hours, not
     # run). Batch 256, peak lr 0.2; the weights averaged over about half an epoch of
     # 196 steps (0.999, about five epochs, ended 0.8 points behind the raw weights
     # in the H100 run of 50 epochs; 0.99 ended ahead of them in the CPU runs and the
