@@ -165,7 +165,8 @@ def run_benchmark(
         f"Recipe {recipe.name!r} ({recipe.model}) on {device} ({threads} threads, "
         f"{platform.processor() or platform.machine()}), batch {recipe.batch_size}, "
         f"mixed precision {setups['recipe'].amp_dtype or 'off'}, "
-        f"median of {rounds} rounds of {steps} steps after {warmup} warm-up steps:"
+        + (f"taught by {recipe.teacher} (in every step), " if recipe.teacher else "")
+        + f"median of {rounds} rounds of {steps} steps after {warmup} warm-up steps:"
     )
     labels = {
         "recipe": (
@@ -190,6 +191,7 @@ def run_benchmark(
         "device": str(device),
         "threads": threads,
         "batch_size": recipe.batch_size,
+        "teacher": recipe.teacher,  # its forward passes are part of each step
         "mixed_precision": str(setups["recipe"].amp_dtype or "off"),
         "cuda_graph": setups["recipe"].step.capture,
         "rounds": rounds,

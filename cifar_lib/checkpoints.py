@@ -60,8 +60,9 @@ def load(path: str | os.PathLike, kind: str | None = None) -> dict:
         raise CheckpointError(
             f"'{path}' is not a checkpoint of this project (no '{FORMAT}' marker); "
             "use a file written by cifar_lib (a run's best_model.pt); the shipped "
-            "weights in pretrained/ are named by their recipe (--teacher best, "
-            "load_pretrained('best')) or, for the teacher, --teacher teacher_resnet."
+            "weights in pretrained/ are named by their file's stem (--teacher best, "
+            "--teacher best_alone, load_pretrained('best')) or, for the teacher, "
+            "--teacher teacher_resnet."
         )
     if kind == WEIGHTS and payload.get("kind") == TRAINING_STATE:
         raise CheckpointError(

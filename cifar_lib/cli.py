@@ -231,14 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--distill-weight",
         type=_fraction,
         metavar="W",
-        help="with --teacher: the loss is (1 - W) * cross-entropy with the labels + "
-        "W * the teacher's term (default 0.9)",
+        help="with a teacher (--teacher, or the recipe's own: best's teacher_resnet): "
+        "the loss is (1 - W) * cross-entropy with the labels + W * the teacher's "
+        "term (default 0.9)",
     )
     train.add_argument(
         "--distill-temperature",
         type=_positive_float,
         metavar="T",
-        help="with --teacher: the temperature of both softmaxes (default 4)",
+        help="with a teacher: the temperature of both softmaxes (default 4)",
     )
     train.add_argument("--amp", action="store_true", help=_AMP_HELP)
     train.add_argument("--no-cuda-graph", action="store_true", help=_GRAPH_HELP)
@@ -298,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--no-compare", action="store_true", help="skip the reference implementation"
     )
+    bench.add_argument(
+        "--teacher",
+        metavar="RECIPE_OR_FILE",
+        help="time the step with this teacher instead of the recipe's own ('' for "
+        "none: the best recipe alone)",
+    )
     bench.add_argument("--amp", action="store_true", help=_AMP_HELP)
     bench.add_argument("--no-cuda-graph", action="store_true", help=_GRAPH_HELP)
     bench.add_argument("--no-cudnn-benchmark", action="store_true", help=_CUDNN_HELP)
@@ -329,6 +336,8 @@ def _bench(args: argparse.Namespace) -> None:
         recipe = dataclasses.replace(recipe, model=args.model)
     if args.batch_size:
         recipe = dataclasses.replace(recipe, batch_size=args.batch_size)
+    if args.teacher is not None:
+        recipe = dataclasses.replace(recipe, teacher=args.teacher).validate()
     if args.amp:
         recipe = dataclasses.replace(recipe, amp=True)
     if args.no_cuda_graph:
@@ -396,9 +405,14 @@ def _train(args: argparse.Namespace) -> None:
     if not teacher and (
         args.distill_weight is not None or args.distill_temperature is not None
     ):
+        why = (
+            "--teacher '' trains without one: drop them"
+            if args.teacher == ""
+            else f"the {shipped.name} recipe has no teacher: give --teacher"
+        )
         raise ConfigError(
             "--distill-weight and --distill-temperature shape the teacher's part of "
-            f"the loss; the {shipped.name} recipe has no teacher here: give --teacher."
+            f"the loss; {why}."
         )
     if args.amp:
         overrides["amp"] = True

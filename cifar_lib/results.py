@@ -129,10 +129,16 @@ def first_reaching(history: list[dict], level: float) -> tuple[int, float] | Non
     return None
 
 
-# The test accuracy each recipe aims at (issue 4's targets): the fast recipe's is
-# its own target, where it stops; the best recipe trains all its epochs (its
-# target is 1.0) for 92%.
-AIMS = {"fast": 0.85, "best": 0.92}
+# The test accuracy a recipe aims at where that is not its target (where it
+# stops): the best recipe trains all its epochs (target 1.0) for 92% (issue 4).
+AIMS = {"best": 0.92}
+
+
+def aim(name: str) -> float:
+    """The test accuracy recipe ``name`` aims at: ``AIMS``, else its target."""
+    from cifar_lib.train import RECIPES
+
+    return AIMS.get(name, RECIPES[name].target)
 
 
 def recipe_changes(settings: dict, against=None) -> list[str]:
@@ -166,9 +172,7 @@ def recorded_runs(
     as it was shipped before), best_accuracy, last_accuracy (after the last
     epoch), epochs_to_target (the first epoch at the recipe's aim, ``AIMS``, or
     its target), epochs, data, hardware}, sorted by hardware, then seed."""
-    from cifar_lib.train import RECIPES
-
-    target = AIMS.get(name, RECIPES[name].target)
+    target = aim(name)
     paths = [results_dir / f"{name}.json"]
     paths += sorted((results_dir / "ablations").glob("*.json"))
     found = []
@@ -211,10 +215,10 @@ def _seeds_markdown(name: str, results_dir: Path) -> str | None:
         return None
     from cifar_lib.train import RECIPES
 
-    recipe, aim = RECIPES[name], AIMS[name]
+    recipe, level = RECIPES[name], aim(name)
     rows = [
         "| file | seed | best test accuracy | after the last epoch | epoch it reached "
-        f"{aim:.0%} | data | hardware |",
+        f"{level:.0%} | data | hardware |",
         "|---|---:|---:|---:|---:|---|---|",
     ]
     for r in runs:
@@ -224,11 +228,11 @@ def _seeds_markdown(name: str, results_dir: Path) -> str | None:
             f"{r['last_accuracy']:.2%} | {reached} | {r['data']} | {r['hardware']} |"
         )
     hit = sum(r["epochs_to_target"] is not None for r in runs)
-    last = sum(r["last_accuracy"] >= aim for r in runs)
+    last = sum(r["last_accuracy"] >= level for r in runs)
     accuracies = [r["best_accuracy"] for r in runs]
     return (
         f"**The {name} recipe as it is now, every recorded run** (the same recipe, "
-        f"seeds and hardware differ): {aim:.0%} reached within "
+        f"seeds and hardware differ): {level:.0%} reached within "
         f"{recipe.epochs} epochs in **{hit} of {len(runs)}** runs ({last} of them "
         f"after the last epoch); best test accuracy {min(accuracies):.2%} to "
         f"{max(accuracies):.2%}, mean {sum(accuracies) / len(accuracies):.2%}.\n\n"
@@ -330,7 +334,7 @@ def results_markdown(results_dir: Path = ROOT / "results") -> str:
                 f"{r['hardware']} | {r['date']} |"
             )
         parts.append("**Training runs.**\n\n" + "\n".join(rows))
-        for name in AIMS:
+        for name in ("fast", "best"):
             if (results_dir / f"{name}.json").exists():
                 seeds = _seeds_markdown(name, results_dir)
                 parts += [seeds] if seeds else []

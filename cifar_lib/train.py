@@ -299,6 +299,13 @@ _FAST = Recipe(
     # (results/gpu/README.md, third session). Ignored on a CPU.
     cudnn_benchmark=False,
 )
+# The shipped teacher: CIFAR10TeacherResNet (3.4 million parameters, outside the
+# assignment's rules) after 150 epochs of the best recipe's settings without label
+# smoothing, its final weights (92.09% on the JPEG copy; one run on an H100,
+# results/ablations/h100_teacher_resnet_150_epochs.json), stored in half
+# precision by benchmarks/ship_teacher.py. ``--teacher teacher_resnet``.
+SHIPPED_TEACHER = "teacher_resnet"
+
 RECIPES = {
     "seed": Recipe(),  # the reference solution's recipe, unchanged
     "fast": _FAST,
@@ -332,7 +339,7 @@ RECIPES = {
     # more epochs no longer buy accuracy, so the recipe keeps its 183. Alone it
     # reached 90.68% (results/ablations/h100_best_alone_183_epochs.json; its
     # weights ship as pretrained/best_alone.pt). The teacher: the shipped
-    # CIFAR10TeacherResNet (SHIPPED_TEACHER below; 3.4 million parameters, outside
+    # CIFAR10TeacherResNet (SHIPPED_TEACHER above; 3.4 million parameters, outside
     # the assignment's rules: the student's model keeps every rule, its training
     # leans on a network 17 times the budget). Taught by it the recipe reached
     # 92.14% after its last epoch (seed 0) and 91.89% (seed 1), one run each on an
@@ -353,14 +360,16 @@ RECIPES = {
         amp=True,
         cudnn_benchmark=True,  # many epochs: cuDNN's timing pays
         augmentation=AugmentationConfig(scale=0.0, rotate=0.0),
-        teacher="teacher_resnet",  # SHIPPED_TEACHER, the default weight and T
+        teacher=SHIPPED_TEACHER,  # with the default weight and temperature
     ),
 }
 # Weights shipped before their recipe changed, kept for the notebooks that study
-# them: name -> the recipe whose model they fit. ``best_alone``: the best recipe
-# trained without a teacher (results/ablations/h100_best_alone_183_epochs.json),
-# the teacher of the fast recipe's distillation runs (notebook 06).
-EARLIER_WEIGHTS = {"best_alone": "best"}
+# them: name -> (the recipe they were shipped as, its model and dropout then; fixed
+# here, so that a later change of the recipe does not break them). ``best_alone``:
+# the best recipe trained without a teacher
+# (results/ablations/h100_best_alone_183_epochs.json), the teacher of the fast
+# recipe's distillation runs (notebook 06).
+EARLIER_WEIGHTS = {"best_alone": ("best", "CIFAR10DepthwiseResNet", 0.0)}
 
 
 def get_recipe(name: str, **overrides) -> Recipe:
@@ -645,7 +654,7 @@ def train(
     """
     watch = Stopwatch()
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe.validate()
-    if recipe.teacher not in RECIPES and Path(recipe.teacher).is_file():
+    if not _names_shipped_weights(recipe.teacher) and Path(recipe.teacher).is_file():
         # run.json keeps the whole path, so that --resume finds it from anywhere
         recipe = dataclasses.replace(
             recipe, teacher=str(Path(recipe.teacher).resolve())
@@ -685,6 +694,7 @@ def train(
                 "num_workers": num_workers,
                 **_data_fingerprint(arrays),
             },
+            **({"teacher_weights": _weights_digest(teacher)} if teacher else {}),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "machine": provenance(torch_device),  # starts CUDA, naming the GPU
         },
@@ -734,6 +744,14 @@ def resume(
     torch_device = select_device(device)
     watch.mark("checks")
     teacher = load_teacher(recipe, torch_device)  # refused before the data loads
+    recorded_digest = settings.get("teacher_weights")  # older runs: none
+    if teacher is not None and recorded_digest not in (None, _weights_digest(teacher)):
+        raise RunFolderError(
+            f"the teacher {recipe.teacher!r} is not the network '{run_dir}' was "
+            f"taught by: its weights have changed since (digest "
+            f"{_weights_digest(teacher)}, the run's {recorded_digest}); start a new "
+            "run, or restore the weights it was taught by."
+        )
     watch.mark("teacher")
     if arrays is None:
         if source == "synthetic" and data_dir is None:
@@ -764,6 +782,17 @@ def resume(
         watch,
         teacher,
     )
+
+
+def _weights_digest(model: nn.Module) -> str:
+    """A digest of a network's weights (its state dict, in order, as contiguous
+    bytes on the CPU): run.json keeps the teacher's, so that a resumed run is taught
+    by the same weights, even where a shipped name now holds others."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _data_fingerprint(arrays: CIFAR10Arrays) -> dict:
@@ -1301,7 +1330,8 @@ def load_pretrained(recipe: str = "fast", device: str | None = "cpu") -> nn.Modu
     (``augment.build_test_transform``, or the test loader of ``get_data_loaders``);
     fed images in [0, 1] alone, it scores near chance. ``recipe`` may also name
     weights shipped before their recipe changed (``EARLIER_WEIGHTS``:
-    ``"best_alone"``, the best recipe trained without its teacher)."""
+    ``"best_alone"``, the best recipe trained without its teacher; its figures are
+    in ``results/ablations/h100_best_alone_183_epochs.json``)."""
     from cifar_lib.errors import CheckpointError
 
     if recipe == SHIPPED_TEACHER:
@@ -1310,7 +1340,11 @@ def load_pretrained(recipe: str = "fast", device: str | None = "cpu") -> nn.Modu
             f"(--teacher {SHIPPED_TEACHER}) or load it with "
             f"load_trained_model(PRETRAINED_DIR / '{SHIPPED_TEACHER}.pt')."
         )
-    chosen = get_recipe(EARLIER_WEIGHTS.get(recipe, recipe))
+    if recipe in EARLIER_WEIGHTS:
+        shipped_as, model_name, dropout = EARLIER_WEIGHTS[recipe]
+    else:
+        chosen = get_recipe(recipe)
+        shipped_as, model_name, dropout = chosen.name, chosen.model, chosen.dropout
     path = PRETRAINED_DIR / f"{recipe}.pt"
     if not path.is_file():
         if recipe in EARLIER_WEIGHTS:
@@ -1328,33 +1362,34 @@ def load_pretrained(recipe: str = "fast", device: str | None = "cpu") -> nn.Modu
         raise CheckpointError(
             f"'{path}' could not be loaded safely ({error})."
         ) from None
-    model = build_model(chosen.model, dropout=chosen.dropout)
+    model = build_model(model_name, dropout=dropout)
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as error:  # not its weights
         first_line = str(error).splitlines()[0]
         retrain = f" or train it: python -m cifar_lib train --recipe {recipe}"
         raise CheckpointError(
-            f"'{path}' does not hold weights of the {chosen.name} recipe's model "
-            f"{chosen.model} ({first_line}); restore the shipped file (git checkout "
+            f"'{path}' does not hold weights of the {shipped_as} recipe's model "
+            f"{model_name} ({first_line}); restore the shipped file (git checkout "
             f"-- pretrained/{recipe}.pt){'' if recipe in EARLIER_WEIGHTS else retrain}."
         ) from None
     return model.to(select_device(device)).eval()
 
 
-# The shipped teacher: CIFAR10TeacherResNet (3.4 million parameters, outside the
-# assignment's rules) after 150 epochs of the best recipe's settings without label
-# smoothing, its final weights (92.09% on the JPEG copy; one run on an H100,
-# results/ablations/h100_teacher_resnet_150_epochs.json), stored in half
-# precision by benchmarks/ship_teacher.py. ``--teacher teacher_resnet``.
-SHIPPED_TEACHER = "teacher_resnet"
+def _names_shipped_weights(teacher: str) -> bool:
+    """Whether a recipe's ``teacher`` names weights in pretrained/ rather than a
+    file (a file of the same name in the working folder does not count)."""
+    return (
+        teacher in RECIPES or teacher in EARLIER_WEIGHTS or teacher == SHIPPED_TEACHER
+    )
 
 
 def load_teacher(recipe: Recipe, device: torch.device) -> nn.Module | None:
     """The frozen teacher that ``recipe.teacher`` names (None when the recipe does
     not distil), on ``device`` in the recipe's memory layout: the shipped weights of
-    a recipe (``"best"``), the shipped teacher (``SHIPPED_TEACHER``), or a weights
-    file written by ``train`` (``best_model.pt``, ``final_model.pt``)."""
+    a recipe (``"best"``) or earlier ones (``EARLIER_WEIGHTS``: ``"best_alone"``),
+    the shipped teacher (``SHIPPED_TEACHER``), or a weights file written by
+    ``train`` (``best_model.pt``, ``final_model.pt``)."""
     source = recipe.teacher
     if not source:
         return None
@@ -1373,8 +1408,9 @@ def load_teacher(recipe: Recipe, device: torch.device) -> nn.Module | None:
     else:
         raise ConfigError(
             f"teacher {source!r} is neither a recipe with shipped weights "
-            f"({', '.join(RECIPES)}), the shipped teacher ({SHIPPED_TEACHER}) nor a "
-            "file; give one of them, or a run's best_model.pt."
+            f"({', '.join(RECIPES)}), earlier shipped weights "
+            f"({', '.join(EARLIER_WEIGHTS)}), the shipped teacher ({SHIPPED_TEACHER}) "
+            "nor a file; give one of them, or a run's best_model.pt."
         )
     if recipe.channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)

@@ -264,3 +264,27 @@ def test_teacher_cost_times_both_variants_in_turn(tmp_path, image_folder, load_s
     assert len(alone) == len(taught) == 1 and min(alone + taught) > 0
     assert saved["ratios"] == [round(taught[0] / alone[0], 2)]
     assert "teacher_resnet" in saved["what"] and saved["hardware"]
+
+
+def test_teacher_cost_of_the_best_recipe(tmp_path, load_script, monkeypatch):
+    """--recipe best: the best recipe alone (--teacher '', for it has a teacher) and
+    taught, into results/bench_cpu_teacher_best.json unless --out says otherwise."""
+    cost = load_script("teacher_cost")
+    calls = []
+
+    def fake(recipe, data_dir, subset, extra, out):
+        calls.append((recipe, extra))
+        return 2.0 if extra[1] else 1.0
+
+    monkeypatch.setattr(cost, "train_seconds", fake)
+    monkeypatch.setattr(cost, "load_cifar10", lambda _: None)
+    monkeypatch.setattr(cost, "describe_data", lambda _: "toy")
+    monkeypatch.setattr(cost, "ROOT", tmp_path)
+    (tmp_path / "results").mkdir()
+    assert cost.main(["--data-dir", "x", "--recipe", "best", "--rounds", "1"]) == 0
+    assert calls == [
+        ("best", ["--teacher", ""]),
+        ("best", ["--teacher", "teacher_resnet"]),
+    ]
+    saved = json.loads((tmp_path / "results/bench_cpu_teacher_best.json").read_text())
+    assert saved["ratios"] == [2.0] and "of the best recipe" in saved["what"]

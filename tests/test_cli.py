@@ -350,9 +350,17 @@ def test_bench_times_a_recipe_that_distils_with_its_teacher(capsys):
     """The best recipe is taught by teacher_resnet: its step includes the
     teacher's forward pass, so bench loads the teacher too."""
     argv = ["bench", "--recipe", "best", "--steps", "1", "--rounds", "1"]
-    assert main([*argv, "--warmup", "1", "--batch-size", "8", "--no-compare"]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    argv += ["--warmup", "1", "--batch-size", "8"]
+    assert main(argv) == 0  # the reference implementation taught as well
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
     assert result["recipe"] == "best" and result["train_images_per_s"] > 0
+    assert result["teacher"] == "teacher_resnet" and result["speedup"] > 0
+    assert "taught by teacher_resnet (in every step)" in out
+    assert main([*argv, "--no-compare", "--teacher", ""]) == 0  # the recipe alone
+    out = capsys.readouterr().out
+    assert json.loads(out.strip().splitlines()[-1])["teacher"] == ""
+    assert "taught by" not in out
 
 
 def test_augmentation_changes_parse_each_field_by_its_type():

@@ -323,20 +323,39 @@ def test_a_distilled_run_resumes_with_its_teacher(
     assert strip(resumed.history) == strip(whole.history)
 
 
-def test_command_line_distillation_options(tmp_path, capsys, image_folder):
+def test_a_run_is_resumed_only_with_the_teacher_it_was_taught_by(
+    tmp_path, synthetic, interrupt_at_epoch
+):
+    """run.json keeps a digest of the teacher's weights: a shipped name (or a file)
+    that holds other weights since is refused on --resume, not silently taught by."""
+    from cifar_lib.errors import RunFolderError
+
+    source = one_epoch_teacher(tmp_path, synthetic)
+    recipe = quick(epochs=2, teacher=str(source))
+    restore = interrupt_at_epoch(2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(recipe, tmp_path / "cut", synthetic)
+    restore()
+    settings = json.loads((tmp_path / "cut" / "run.json").read_text())
+    assert len(settings["teacher_weights"]) == 16
+    other = tmp_path / "other"  # another teacher's weights in the same file
+    fit(quick(epochs=1, seed=1), other, synthetic)
+    (other / "final_model.pt").replace(source)
+    with pytest.raises(RunFolderError, match="is not the network .* was taught by"):
+        resume(tmp_path / "cut", arrays=synthetic, progress=False, log=quiet)
+
+
+def test_command_line_distillation_options(tmp_path, capsys, image_folder, monkeypatch):
     out = tmp_path / "run"
     base = ["train", "--data-dir", image_folder, "--out", str(out)]
     assert main([*base, "--distill-weight", "0.5"]) == 2
     err = capsys.readouterr().err
-    assert "the seed recipe has no teacher here: give --teacher" in err
+    assert "the seed recipe has no teacher: give --teacher" in err
     # the best recipe has one (teacher_resnet), unless --teacher '' takes it away
     best = [*base, "--recipe", "best", "--distill-weight", "0.5"]
     assert main([*best, "--teacher", ""]) == 2
-    assert "the best recipe has no teacher here" in capsys.readouterr().err
+    assert "--teacher '' trains without one: drop them" in capsys.readouterr().err
     assert not out.exists()
-    nowhere = str(tmp_path / "no data")  # accepted: it gets as far as the data
-    assert main([*best, "--data-dir", nowhere]) == 2
-    assert "teacher" not in capsys.readouterr().err
     assert main([*base, "--teacher", str(tmp_path / "nothing.pt")]) == 2
     err = capsys.readouterr().err
     assert "is neither a recipe with shipped weights" in err and "Traceback" not in err
@@ -346,6 +365,10 @@ def test_command_line_distillation_options(tmp_path, capsys, image_folder):
     assert "0.0 is out of range" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path), "--teacher", "best"]) == 2
     assert "--teacher cannot change a run being resumed" in capsys.readouterr().err
+    trained = []  # accepted: the recipe's own teacher, with the weight given
+    monkeypatch.setattr(training, "train", lambda recipe, **_: trained.append(recipe))
+    assert main(best) == 0
+    assert (trained[0].teacher, trained[0].distill_weight) == ("teacher_resnet", 0.5)
 
 
 def test_a_model_outside_the_rules_is_noted_when_it_trains(tmp_path, synthetic):

@@ -415,6 +415,10 @@ def test_shipped_weights_load_into_their_model():
         loaded = model.state_dict()
         assert list(loaded) == list(state)
         assert all(torch.equal(loaded[name], state[name]) for name in state)
+    # the best recipe's weights before it had a teacher are not its weights now
+    before = training.load_pretrained("best_alone").state_dict()
+    now = training.load_pretrained("best").state_dict()
+    assert not torch.equal(before["fc.weight"], now["fc.weight"])
 
 
 def test_recipes_do_not_share_their_augmentation():

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A session's first call on a lent GPU machine, for the 92% of the `best` recipe:
 # the CUDA tests (while the data is unpacked and decoded), the best recipe's step
-# measured in float32 and in bfloat16, then one long run of `best` alone on the GPU,
+# measured in float32 and in bfloat16 (taught by its teacher since the seventh
+# session, as the recipe is), then one long run of `best` alone on the GPU,
 # in the faster precision, for as many epochs as the measured rate says will finish
 # before the deadline (benchmarks/device/fit_epochs.py, at most 200), so that the
 # one-cycle schedule runs to its end. The fast recipe's timed runs come in the next
@@ -15,8 +16,9 @@
 # With EPOCHS set, the benchmark is skipped (about 45 s on an H100) and the long
 # run trains N epochs in the recipe's own precision (bfloat16 since the third
 # session measured it: results/gpu/bench_h100_best_*.json): for a session that
-# already knows the rate (1.5 s an epoch on an H100, plus about 40 s of start,
-# first epoch and files: results/gpu/session_h100_73da03f.log).
+# already knows the rate (1.5 s an epoch on an H100 without a teacher, plus about
+# 40 s of start, first epoch and files: results/gpu/session_h100_73da03f.log;
+# taught, 1.7 s an epoch on an H200: results/gpu/session_h200_d9ba3c4_*.log).
 # AUGMENTATION, if given, changes the recipe's augmentation for the long run
 # (train --augmentation, e.g. scale=0.1,hole_p=0.5: the stronger augmentation that
 # reached 90.81% in 125 epochs in the third session, and 90.69% in 280 in the

@@ -28,7 +28,9 @@
 # sixth session's, `train --teacher teacher_resnet`), its history from its record;
 # TRAIN FLAGS, if given, change the student's recipe (its folder is then
 # best_distilled_changed; they come after --epochs and --out, so do not give
-# those), e.g. the stronger augmentation of the fourth session:
+# --out; --epochs N there overrides the count that fit_epochs.py chose, and the
+# deadline is then yours to keep, as in the seventh session's `--seed 1 --epochs
+# 183`), e.g. the stronger augmentation of the fourth session:
 #   bash benchmarks/device/gpu_distill.sh 290 teacher_resnet \
 #       --augmentation scale=0.1,hole_p=0.5
 # Output in $OUT as gpu_best.sh's (session.log, runs.tgz with teacher/ and
@@ -59,8 +61,9 @@ else
     TEACHER=$(free_folder /tmp/teacher)  # outside $RUNS: its weights are not packed
     KEPT=$(free_folder $RUNS/teacher)  # what comes back of it
     stamp "teacher: CIFAR10TeacherResNet, $TEACHER_EPOCHS epochs, no label smoothing"
+    # --teacher '': the best recipe is itself taught now; its teacher learns alone
     $TRAIN --recipe best --model CIFAR10TeacherResNet --epochs $TEACHER_EPOCHS \
-        --label-smoothing 0 $GRAPH --out $TEACHER > $KEPT.log 2>&1 &
+        --label-smoothing 0 --teacher '' $GRAPH --out $TEACHER > $KEPT.log 2>&1 &
     watch_runs $KEPT.log
     mkdir -p $KEPT && cp $TEACHER/run.json $TEACHER/history.json $KEPT/
     tail -n 2 $KEPT.log

@@ -40,7 +40,8 @@ fast_runs fast_gpu 330  # about five minutes for the long runs below
 stamp "the long runs' models alone: their rates decide how many epochs fit"
 for model in CIFAR10ResNetGELU CIFAR10DepthwiseResNet; do
     python3 -m cifar_lib bench --device cuda --rounds 1 --steps 100 --no-compare \
-        --recipe best --model $model $GRAPH --out "$OUT/bench_gpu_best_$model.json"
+        --recipe best --teacher '' --model $model $GRAPH \
+        --out "$OUT/bench_gpu_best_$model.json"
 done
 EPOCHS=$(python3 benchmarks/device/fit_epochs.py $((LIMIT - $(elapsed) - 30)) \
     "$OUT"/bench_gpu_best_*.json) || exit 1
@@ -49,11 +50,12 @@ EPOCHS=$(python3 benchmarks/device/fit_epochs.py $((LIMIT - $(elapsed) - 30)) \
 stamp "side by side until the deadline: two long runs of best, $EPOCHS epochs each"
 # The recipe averages the weights over half an epoch (0.99); every epoch logs the
 # raw weights' accuracy too, so the runs compare either way.
-LONG="$TRAIN --recipe best --epochs $EPOCHS"
+# alone (--teacher ''), as the recipe was then
+LONG=($TRAIN --recipe best --teacher '' --epochs $EPOCHS)
 # GELU, 0.46-1.26 points above ReLU in the fast recipe's 8 epochs (5 seeds)
-$LONG --model CIFAR10ResNetGELU --out $RUNS/best_gelu > $RUNS/best_gelu.log 2>&1 &
+"${LONG[@]}" --model CIFAR10ResNetGELU --out $RUNS/best_gelu > $RUNS/best_gelu.log 2>&1 &
 # the candidate built for 92%: residual depthwise-separable blocks, 5x5 kernels
-$LONG --model CIFAR10DepthwiseResNet \
+"${LONG[@]}" --model CIFAR10DepthwiseResNet \
     --out $RUNS/best_depthwise > $RUNS/best_depthwise.log 2>&1 &
 watch_runs $RUNS/best_gelu.log $RUNS/best_depthwise.log
 pack
