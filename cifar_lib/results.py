@@ -363,7 +363,9 @@ def results_markdown(results_dir: Path = ROOT / "results") -> str:
             )
         parts.append(
             "**Other runs**: earlier settings of the fast recipe, other seeds, the "
-            "runs on a GPU (`results/ablations/`, notebook 06).\n\n" + "\n".join(rows)
+            "runs on a GPU (`results/ablations/`, notebook 06). A teacher named "
+            "`best` in these runs is the best recipe's weights from before the "
+            "seventh GPU session, shipped now as `best_alone`.\n\n" + "\n".join(rows)
         )
     if not parts:
         parts.append("No measured results yet.")
