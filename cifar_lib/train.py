@@ -326,9 +326,9 @@ RECIPES = {
     # results/ablations/cpu_best_depthwise_42_epochs.json) and 97% against 90.5%
     # after 183 (as many as fitted in a GPU session: 4.9 minutes on an H100,
     # results/ablations/h100_best_alone_183_epochs.json; at that CPU's median of
-    # 164 s an epoch about 8.3 hours, not
-    # run). Batch 256, peak lr 0.2; the weights averaged over about half an epoch of
-    # 196 steps (0.999, about five epochs, ended 0.8 points behind the raw weights
+    # 164 s an epoch about 8.3 hours, not run). Batch 256, peak lr 0.2; the weights
+    # averaged over about half an epoch of 196 steps (0.999, about five epochs,
+    # ended 0.8 points behind the raw weights
     # in the H100 run of 50 epochs; 0.99 ended ahead of them in the CPU runs and the
     # 183-epoch one). Stronger
     # augmentation (scaling by up to 10%, the hole at p 0.5) reached 90.81% in 125
@@ -694,7 +694,9 @@ def train(
                 "num_workers": num_workers,
                 **_data_fingerprint(arrays),
             },
-            **({"teacher_weights": _weights_digest(teacher)} if teacher else {}),
+            **(
+                {} if teacher is None else {"teacher_weights": _weights_digest(teacher)}
+            ),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "machine": provenance(torch_device),  # starts CUDA, naming the GPU
         },
