@@ -747,13 +747,15 @@ def resume(
     watch.mark("checks")
     teacher = load_teacher(recipe, torch_device)  # refused before the data loads
     recorded_digest = settings.get("teacher_weights")  # older runs: none
-    if teacher is not None and recorded_digest not in (None, _weights_digest(teacher)):
-        raise RunFolderError(
-            f"the teacher {recipe.teacher!r} is not the network '{run_dir}' was "
-            f"taught by: its weights have changed since (digest "
-            f"{_weights_digest(teacher)}, the run's {recorded_digest}); start a new "
-            "run, or restore the weights it was taught by."
-        )
+    if teacher is not None and recorded_digest is not None:
+        digest = _weights_digest(teacher)
+        if digest != recorded_digest:
+            raise RunFolderError(
+                f"the teacher {recipe.teacher!r} is not the network '{run_dir}' was "
+                f"taught by: its weights have changed since (digest {digest}, the "
+                f"run's {recorded_digest}); start a new run, or restore the weights "
+                "it was taught by."
+            )
     watch.mark("teacher")
     if arrays is None:
         if source == "synthetic" and data_dir is None:
